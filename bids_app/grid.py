@@ -1,0 +1,161 @@
+"""The reference input space: SPM's 1.5 mm MNI grid, the brain / grey masks, the crop, resampling.
+
+The BrainImageNet models were trained on SPM/DPARSF VBM maps (``wc1``, ``mwc1``) on SPM's
+121 x 145 x 121 grid of 1.5 mm voxels, masked, NaN set to 0, and cropped to 96 x 120 x 86 voxels
+(Lu et al., J Big Data 2022; code: Chaogan-Yan/BrainImageNet). Everything that must match that
+recipe exactly lives here, so every backend and model sees the same space.
+
+Masks. The reference brain mask (``Reslice_BrainMask_05_...``) and grey mask
+(``Reslice_GreyMask_02_...``) are not public. We derive equivalents from the MNI152 2009 templates
+shipped with nilearn, resampled (trilinear) onto the SPM grid:
+
+* brain mask = voxels where nilearn's MNI152 brain-mask probability > 0.5 (threshold 0.5 after
+  the reference file name);
+* grey mask = voxels where the MNI152 GM probability > 0.2 (threshold 0.2 after the file name).
+
+Outputs record which masks were used (:data:`MASK_PROVENANCE`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+
+__all__ = [
+    "SPM_SHAPE",
+    "SPM_AFFINE",
+    "SPM_VOXEL_VOLUME_MM3",
+    "CROP",
+    "MODEL_INPUT_SHAPE",
+    "CHANNELS",
+    "MASK_PROVENANCE",
+    "is_on_grid",
+    "to_grid",
+    "brain_mask",
+    "grey_mask",
+    "template_gm",
+    "crop",
+    "uncrop",
+    "make_model_input",
+]
+
+#: SPM12/SPM25 1.5 mm MNI (IXI549Space) grid used by DARTEL/segment "normalised" outputs.
+SPM_SHAPE: tuple[int, int, int] = (121, 145, 121)
+SPM_AFFINE: np.ndarray = np.array(
+    [
+        [-1.5, 0.0, 0.0, 90.0],
+        [0.0, 1.5, 0.0, -126.0],
+        [0.0, 0.0, 1.5, -72.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+SPM_VOXEL_VOLUME_MM3: float = 1.5**3
+
+#: 0-based, end-exclusive voxel ranges of the reference crop (x 12:108, y 13:133, z 16:102).
+CROP: tuple[slice, slice, slice] = (slice(12, 108), slice(13, 133), slice(16, 102))
+MODEL_INPUT_SHAPE: tuple[int, int, int, int] = (2, 96, 120, 86)
+#: Channel order of the model input: channel 0 = GM density (wc1), channel 1 = GM volume (mwc1).
+CHANNELS: tuple[str, str] = ("GMD", "GMV")
+
+MASK_PROVENANCE = {
+    "BrainMask": "nilearn MNI152 (2009) brain mask, trilinear to the SPM 1.5 mm grid, > 0.5",
+    "GreyMask": "nilearn MNI152 (2009) GM probability, trilinear to the SPM 1.5 mm grid, > 0.2",
+    "Note": "The reference system's mask files are not public; these are documented equivalents.",
+}
+
+
+def is_on_grid(img: nib.spatialimages.SpatialImage, atol: float = 1e-3) -> bool:
+    """True when ``img`` already has the SPM grid's shape and affine (no resampling needed)."""
+    return tuple(img.shape[:3]) == SPM_SHAPE and np.allclose(img.affine, SPM_AFFINE, atol=atol)
+
+
+def to_grid(
+    img: nib.spatialimages.SpatialImage,
+    interpolation: Literal["continuous", "linear", "nearest"] = "linear",
+) -> np.ndarray:
+    """Return ``img``'s data on the SPM grid as float32 (resampled only when needed).
+
+    Values outside the source field of view become 0. Raises ``ValueError`` for images that are
+    not 3D or whose affine cannot be inverted.
+    """
+    from nilearn.image import resample_img
+
+    if len(img.shape) != 3 and not (len(img.shape) == 4 and img.shape[3] == 1):
+        raise ValueError(f"expected a 3D image, got shape {tuple(img.shape)}")
+    if is_on_grid(img):
+        return np.asarray(img.dataobj, dtype=np.float32).reshape(SPM_SHAPE)
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    if np.linalg.matrix_rank(img.affine[:3, :3]) < 3:
+        raise ValueError("the image affine is singular; the image cannot be placed in MNI space")
+    src = nib.Nifti1Image(np.nan_to_num(data, nan=0.0), img.affine)
+    out = resample_img(
+        src,
+        target_affine=SPM_AFFINE,
+        target_shape=SPM_SHAPE,
+        interpolation=interpolation,
+        fill_value=0.0,
+        force_resample=True,
+        copy_header=True,
+    )
+    return np.asarray(out.get_fdata(dtype=np.float32), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _template_probabilities() -> tuple[np.ndarray, np.ndarray]:
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template
+
+    brain = to_grid(load_mni152_brain_mask(resolution=1, threshold=0.0))
+    gm = to_grid(load_mni152_gm_template(resolution=1))
+    brain.setflags(write=False)
+    gm.setflags(write=False)
+    return brain, gm
+
+
+def template_gm() -> np.ndarray:
+    """MNI152 (2009) GM probability on the SPM grid (read-only float32)."""
+    return _template_probabilities()[1]
+
+
+def brain_mask() -> np.ndarray:
+    """Boolean brain mask on the SPM grid (see module docstring for its derivation)."""
+    return _template_probabilities()[0] > 0.5
+
+
+def grey_mask() -> np.ndarray:
+    """Boolean grey-matter mask on the SPM grid (GM probability > 0.2)."""
+    return _template_probabilities()[1] > 0.2
+
+
+def crop(volume: np.ndarray) -> np.ndarray:
+    """Crop the last three axes of ``volume`` (on the SPM grid) to the model's 96 x 120 x 86."""
+    return volume[(..., *CROP)]
+
+
+def uncrop(volume: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """Place a 96 x 120 x 86 array (e.g. an explanation map) back on the full SPM grid."""
+    out = np.full(SPM_SHAPE, fill, dtype=volume.dtype)
+    out[CROP] = volume
+    return out
+
+
+def make_model_input(
+    gmd: np.ndarray,
+    gmv: np.ndarray,
+    mask: np.ndarray | None = None,
+    dtype: np.dtype | type = np.float32,
+) -> np.ndarray:
+    """Build one model input exactly as the reference system did.
+
+    Both maps are multiplied by the brain mask, NaN set to 0, cropped to 96 x 120 x 86 and stacked
+    as channels (GMD, GMV). Returns an array of shape :data:`MODEL_INPUT_SHAPE`.
+    """
+    for name, vol in (("gmd", gmd), ("gmv", gmv)):
+        if vol.shape != SPM_SHAPE:
+            raise ValueError(f"{name} must be on the SPM grid {SPM_SHAPE}, got shape {vol.shape}")
+    m = brain_mask() if mask is None else mask.astype(bool)
+    stacked = np.stack([gmd, gmv]).astype(np.float32) * m
+    stacked = np.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0)
+    return np.ascontiguousarray(crop(stacked), dtype=dtype)

@@ -1,0 +1,77 @@
+"""VBM preprocessing backends: one T1w in, GM density and GM volume on the SPM grid out.
+
+Every backend implements :class:`bids_app.types.PreprocBackend` in a module of its own:
+
+* ``clinica``     Clinica ``t1-volume`` with SPM25 standalone (the container's default);
+* ``ants``        SPM-free chain from antspyx and nilearn's MNI152 templates;
+* ``derivatives`` reuse maps that already exist (Clinica CAPS, BIDS-derivatives ``label-GM``
+  probseg maps, DPARSF ``wc1*``/``mwc1*`` files).
+
+Backends know nothing of the models; :func:`get_backend` is the only way the workflows choose one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from ..errors import BackendUnavailableError, UsageError
+from ..types import PreprocBackend
+
+__all__ = ["BACKENDS", "get_backend", "resolve_backend_name"]
+
+BACKENDS: tuple[str, ...] = ("clinica", "ants", "derivatives")
+
+_log = logging.getLogger("bids_app.preproc")
+
+
+def resolve_backend_name(name: str, *, derivatives_dir: Path | None = None) -> str:
+    """Turn ``auto`` into a concrete backend name.
+
+    ``auto`` picks ``derivatives`` when ``--derivatives`` was given, ``clinica`` when SPM standalone
+    is configured (``SPMSTANDALONE_HOME`` and ``MCR_HOME`` both set), and ``ants`` otherwise.
+    """
+    if name != "auto":
+        if name not in BACKENDS:
+            raise UsageError(f"--preproc must be one of auto, {', '.join(BACKENDS)}; got {name!r}")
+        return name
+    if derivatives_dir is not None:
+        chosen = "derivatives"
+    elif os.environ.get("SPMSTANDALONE_HOME") and os.environ.get("MCR_HOME"):
+        chosen = "clinica"
+    else:
+        chosen = "ants"
+    _log.info("--preproc auto chose the %r backend", chosen)
+    return chosen
+
+
+def get_backend(
+    name: str,
+    *,
+    derivatives_dir: Path | None = None,
+    nprocs: int = 1,
+    dartel_template: Path | None = None,
+) -> PreprocBackend:
+    """Build the backend called ``name`` (``auto`` resolved first) with the run's options."""
+    name = resolve_backend_name(name, derivatives_dir=derivatives_dir)
+    if name == "derivatives":
+        if derivatives_dir is None:
+            raise UsageError("--preproc derivatives needs --derivatives DIR")
+        from .derivatives import DerivativesBackend
+
+        return DerivativesBackend(derivatives_dir)
+    if name == "ants":
+        from .ants import AntsBackend
+
+        return AntsBackend(nprocs=nprocs)
+    from .clinica import ClinicaBackend
+
+    backend = ClinicaBackend(nprocs=nprocs, dartel_template=dartel_template)
+    if not backend.available():
+        raise BackendUnavailableError(
+            "--preproc clinica needs SPM standalone: set SPMSTANDALONE_HOME (the unpacked SPM25 "
+            "standalone with run_spm25.sh) and MCR_HOME (MATLAB Runtime R2024b), or use "
+            "--preproc ants for the SPM-free backend"
+        )
+    return backend

@@ -1,0 +1,181 @@
+"""The interfaces between the app's stages, in one place.
+
+Each stage of the data flow hands the next one of these frozen dataclasses:
+
+* :class:`T1wUnit`   discovery -> participant workflow (one T1w file = one unit of work)
+* :class:`GMMaps`    preprocessing backend -> QC / model input / derivatives writer
+* :class:`QCResult`  :mod:`bids_app.qc` -> predictions and sidecars
+* :class:`ModelScores` predictor -> derivatives writer
+
+and the only contract a preprocessing backend must honour is :class:`PreprocBackend`.
+Nothing here imports torch, pybids or the CLI, so every layer may import this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "ENTITY_ORDER",
+    "PreprocName",
+    "DeviceName",
+    "T1wUnit",
+    "GMMaps",
+    "QCResult",
+    "ModelScores",
+    "PreprocBackend",
+]
+
+#: BIDS entities that can appear in a T1w file name, in the order BIDS prescribes.
+#: Output names keep them in this order, then add ``space``/``res``/``label``/``desc``.
+ENTITY_ORDER: tuple[str, ...] = ("sub", "ses", "acq", "ce", "rec", "run")
+
+PreprocName = Literal["auto", "clinica", "ants", "derivatives"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class T1wUnit:
+    """One T1w image: the unit of work of the participant level.
+
+    Attributes
+    ----------
+    path : Path
+        The T1w NIfTI inside the BIDS dataset (never written to).
+    entities : Mapping[str, str]
+        BIDS entities of the file with short keys (``sub``, ``ses``, ``acq``, ``ce``, ``rec``,
+        ``run``), labels without prefixes. Every output name of this unit carries them.
+    metadata : Mapping[str, Any]
+        The merged JSON sidecar (inheritance principle applied by pybids).
+    """
+
+    path: Path
+    entities: Mapping[str, str]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        return self.entities["sub"]
+
+    @property
+    def session(self) -> str | None:
+        return self.entities.get("ses")
+
+    @property
+    def run(self) -> str | None:
+        return self.entities.get("run")
+
+    @property
+    def prefix(self) -> str:
+        """``sub-01_ses-1_run-2``: the entity part of every output name of this unit."""
+        return "_".join(f"{k}-{self.entities[k]}" for k in ENTITY_ORDER if self.entities.get(k))
+
+    @property
+    def subdir(self) -> Path:
+        """``sub-01/ses-1/anat``: where this unit's outputs go inside the output dataset."""
+        parts = [f"sub-{self.subject}"]
+        if self.session:
+            parts.append(f"ses-{self.session}")
+        return Path(*parts, "anat")
+
+
+@dataclass(frozen=True)
+class GMMaps:
+    """What every preprocessing backend returns for one T1w.
+
+    Both maps are 3D float32 arrays on the SPM 1.5 mm MNI grid (:data:`bids_app.grid.SPM_SHAPE`,
+    :data:`bids_app.grid.SPM_AFFINE`), in the reference system's units:
+
+    * ``gmd``: grey-matter density (SPM ``wc1``): GM probability in template space, unmodulated, 0..1.
+    * ``gmv``: grey-matter volume (SPM ``mwc1``): ``gmd`` times the Jacobian determinant of the
+      native-to-template warp, so that ``gmv.sum() * voxel_volume`` equals the native GM volume.
+
+    Attributes
+    ----------
+    backend : str
+        ``clinica``, ``ants`` or ``derivatives``; written into every output.
+    backend_version : str
+        Versions of the tools that made the maps (e.g. ``"clinica 0.12.0; SPM25 25.01.02"``).
+    provenance : dict
+        Parameters and tool versions, copied into the map sidecars.
+    qc : dict
+        Backend-specific QC metrics (e.g. ``brain_mask_dice``); :mod:`bids_app.qc` adds its own.
+    source_files : tuple[Path, ...]
+        Files the maps were read from or made from (for ``Sources`` in sidecars).
+    """
+
+    gmd: np.ndarray
+    gmv: np.ndarray
+    backend: str
+    backend_version: str
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    qc: Mapping[str, float] = field(default_factory=dict)
+    source_files: tuple[Path, ...] = ()
+
+
+@dataclass(frozen=True)
+class QCResult:
+    """Quality-control outcome for one T1w.
+
+    ``metrics`` maps metric names to values (e.g. ``gmv_template_correlation``); ``flags`` lists the
+    names of failed checks (empty = passed). Predictions made when ``passed`` is False are still
+    written, marked as made on inputs the model was not validated for.
+    """
+
+    metrics: Mapping[str, float]
+    flags: tuple[str, ...] = ()
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.flags
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """Scores of one model package (all its folds) for a batch of N inputs.
+
+    ``fold_scores`` is N x F (sigmoid outputs, one column per fold); ``mean`` is their mean over
+    folds (the reference system's ensemble rule) and ``spread`` their standard deviation.
+    """
+
+    model_name: str
+    task: str
+    fold_scores: np.ndarray
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.fold_scores.mean(axis=1)
+
+    @property
+    def spread(self) -> np.ndarray:
+        return self.fold_scores.std(axis=1)
+
+
+@runtime_checkable
+class PreprocBackend(Protocol):
+    """A VBM preprocessing backend: one T1w in, :class:`GMMaps` out.
+
+    Implementations live in :mod:`bids_app.preproc` (one module each) and must be independent of
+    every other job: all scratch files go below ``work_dir``, which is private to this unit, and a
+    second call with the same ``work_dir`` may reuse finished steps (resume after a kill).
+    """
+
+    name: ClassVar[str]
+
+    def available(self) -> bool:
+        """True when the backend's external tools are installed."""
+        ...
+
+    def version(self) -> str:
+        """Versions of the tools the backend uses, for provenance."""
+        ...
+
+    def run(self, unit: T1wUnit, work_dir: Path) -> GMMaps:
+        """Preprocess one T1w; raise :class:`bids_app.errors.InputDataError` for bad input and
+        :class:`bids_app.errors.PreprocessingError` when a step fails."""
+        ...
