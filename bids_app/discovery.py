@@ -59,7 +59,7 @@ def _check_requested(requested: Sequence[str], available: Sequence[str], what: s
         return
     hints = []
     for lab in missing:
-        close = difflib.get_close_matches(lab, available, n=1)
+        close = difflib.get_close_matches(lab, available, n=1, cutoff=0.5)
         hints.append(f"{lab!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
     raise NoMatchError(
