@@ -55,7 +55,7 @@ BIDSIGNORE = [
     "*_failure.json",
     "*.log",
     "group_*",
-    "reports/",
+    "reports",  # no trailing slash: bids-validator-deno (2.x) flags the directory itself for "reports/"
     "logs/",
     "*.html",
 ]

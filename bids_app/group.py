@@ -155,6 +155,7 @@ class GroupSummary:
     predictions_path: Path
     evaluation_path: Path | None
     figure_paths: tuple[Path, ...]
+    report_path: Path | None
     predictions: pd.DataFrame
     evaluation: pd.DataFrame | None
     failures: tuple[FailureRecord, ...]
@@ -391,8 +392,10 @@ def _remove_stale(output_dir: Path, keep: set[Path]) -> None:
             path.unlink()
 
 
-def run_group_level(bids_dir: Path, output_dir: Path) -> GroupSummary:
+def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) -> GroupSummary:
     """Run the group level: read participant outputs in ``output_dir``, write the group files.
+
+    With ``report`` (default) also writes ``group_report.html`` (:func:`bids_app.report.write_group_report`).
 
     Raises :class:`~bids_app.errors.NoInputError` when ``output_dir`` holds neither predictions
     nor failure records (the participant level has not been run there).
@@ -421,11 +424,17 @@ def run_group_level(bids_dir: Path, output_dir: Path) -> GroupSummary:
     else:
         logger.info("no labels in %s: predictions are not evaluated", bids_dir / "participants.tsv")
     _remove_stale(output_dir, keep={pred_path, *([eval_path] if eval_path else []), *figure_paths})
+    report_path = None
+    if report:
+        from .report import write_group_report
+
+        report_path = write_group_report(output_dir)
     summary = GroupSummary(
         output_dir=output_dir,
         predictions_path=pred_path,
         evaluation_path=eval_path,
         figure_paths=tuple(figure_paths),
+        report_path=report_path,
         predictions=predictions,
         evaluation=evaluation,
         failures=failures,
