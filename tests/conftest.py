@@ -79,3 +79,40 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
             st = p.lstat()
             snap[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, p.read_bytes()[:64] if p.is_file() else b"")
     return snap
+
+
+def make_tiny_package(out: Path, task: str, *, n_folds: int = 1, seed: int = 0, preprocessing=("clinica",), synthetic: bool = True) -> Path:
+    """A real (randomly initialised, tiny-width) model package written with the app's own writer."""
+    import torch
+
+    from bids_app.models import TASK_LABELS, build_network, input_spec, save_package
+
+    arch = {"name": "irv2_sex" if task == "sex" else "irv2_ad_optimised", "params": {"width": 0.0625, "blocks": [1, 1, 1]}}
+    states = []
+    for k in range(n_folds):
+        torch.manual_seed(seed + k)
+        net = build_network(arch["name"], width=0.0625, blocks=(1, 1, 1))
+        states.append(net.state_dict())
+    pos, neg = TASK_LABELS[task]
+    card = {
+        "name": f"test-{task}",
+        "task": task,
+        "version": "0.0.1",
+        "architecture": arch,
+        "input": input_spec(),
+        "output": {"meaning": f"P({pos})", "activation": "sigmoid", "positive_label": pos, "negative_label": neg},
+        "thresholds": {"default": 0.5},
+        "training": {"data": "random initialisation (tests)", "synthetic": synthetic, "preprocessing": list(preprocessing)},
+        "metrics": [],
+        "licence": "test only",
+    }
+    return save_package(out, card, states)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A models directory with a 1-fold sex package and a 3-fold AD package (random weights)."""
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_package(root / "sex", "sex", n_folds=1, seed=1)
+    make_tiny_package(root / "ad", "ad", n_folds=3, seed=10)
+    return root
