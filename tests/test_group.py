@@ -268,3 +268,15 @@ def test_pybids_indexes_the_output_with_group_files(tmp_path):
     assert len(files) == len(IMAGES)
     assert layout.get(subject="06", run=1, suffix="predictions", extension=".tsv")
     assert layout.get_tasks() == []  # no column description mistaken for a task label
+
+
+def test_only_failures_gives_empty_table_and_a_report_listing_them(tmp_path):
+    bids = make_bids(tmp_path / "bids", PARTICIPANTS)
+    out = init_output(tmp_path / "out", bids)
+    write_json(failure_path(out, make_unit(bids, "01", "1")), {"error": "4D image: sub-01_ses-1_T1w.nii.gz"})
+    summary = run_group_level(bids, out)
+    assert summary.n_images == 0 and summary.evaluation is None
+    assert (out / "group_predictions.tsv").read_text().splitlines() == ["\t".join(PREDICTION_COLUMNS)]
+    assert [f.participant_id for f in summary.failures] == ["sub-01"]
+    text = summary.report_path.read_text()
+    assert "4D image: sub-01_ses-1_T1w.nii.gz" in text and "not evaluated" in text
