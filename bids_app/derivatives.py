@@ -55,7 +55,7 @@ BIDSIGNORE = [
     "*_failure.json",
     "*.log",
     "group_*",
-    "reports/",
+    "reports",  # no trailing slash: bids-validator-deno (2.x) flags the directory itself for "reports/"
     "logs/",
     "*.html",
 ]
@@ -110,6 +110,14 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
     "warnings": {"Description": "Reasons the prediction may not be valid, joined by ';'; n/a when none."},
     "notice": {"Description": "Research-use-only notice."},
 }
+
+
+#: columns of the predictions tables that hold text (kept as strings when read back)
+_TEXT_PREDICTION_COLUMNS = (
+    "participant_id", "session_id", "run", "source_file", "task", "model_name", "model_version",
+    "model_sha256", "label", "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
+    "warnings", "notice",
+)
 
 
 def _entities_prefix(unit: T1wUnit) -> str:
@@ -222,4 +230,6 @@ def write_predictions(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 def read_predictions(path: Path) -> pd.DataFrame:
     """Read a predictions TSV written by :func:`write_predictions` (``n/a`` -> NaN)."""
-    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"run": "string"})
+    # Text columns stay text: without this, a model_version "1.10" would come back as the float 1.1.
+    text = {c: "string" for c in _TEXT_PREDICTION_COLUMNS}
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype=text)
