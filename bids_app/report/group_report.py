@@ -58,7 +58,10 @@ def _evaluation_section(output_dir: Path) -> str:
     if not path.is_file():
         return html.section(
             "Evaluation",
-            html.notice("participants.tsv had no usable labels (sex, diagnosis, MMSE): predictions are not evaluated."),
+            html.notice(
+                "No evaluation table: participants.tsv had no usable labels (sex, diagnosis, MMSE), or there "
+                "were no predictions; predictions are not evaluated."
+            ),
         )
     table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"model_version": "string"})
     sidecar_path = path.with_suffix(".json")
