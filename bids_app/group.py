@@ -95,7 +95,7 @@ def _metric_columns() -> dict[str, dict[str, Any]]:
 
 #: Every column of ``group_evaluation.tsv``: name -> description. One row per (model, subset).
 EVALUATION_COLUMNS: dict[str, dict[str, Any]] = {
-    "task": dict(PREDICTION_COLUMNS["task"]),
+    "target": dict(PREDICTION_COLUMNS["target"]),
     "model_name": dict(PREDICTION_COLUMNS["model_name"]),
     "model_version": dict(PREDICTION_COLUMNS["model_version"]),
     "subset": {
@@ -163,7 +163,7 @@ class GroupSummary:
 
     @property
     def n_images(self) -> int:
-        cols = [c for c in ("participant_id", "session_id", "run", "source_file") if c in self.predictions]
+        cols = [c for c in ("participant_id", "session_id", "run_id", "source_file") if c in self.predictions]
         return int(len(self.predictions[cols].drop_duplicates())) if len(self.predictions) else 0
 
     @property
@@ -187,14 +187,14 @@ def collect_predictions(output_dir: Path) -> pd.DataFrame:
             table = read_predictions(path)
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise InputDataError(f"{path}: cannot be read as a predictions table ({exc})") from exc
-        missing = [c for c in ("participant_id", "task", "model_name", "score") if c not in table.columns]
+        missing = [c for c in ("participant_id", "target", "model_name", "score") if c not in table.columns]
         if missing:
             raise InputDataError(f"{path}: predictions table lacks the columns {missing}")
         tables.append(table.reindex(columns=list(PREDICTION_COLUMNS)))
     if not tables:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in PREDICTION_COLUMNS})
     table = pd.concat(tables, ignore_index=True)
-    keys = ["participant_id", "session_id", "run", "source_file", "task", "model_name"]
+    keys = ["participant_id", "session_id", "run_id", "source_file", "target", "model_name"]
     return table.sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
 
 
@@ -236,7 +236,7 @@ def participant_scores(predictions: pd.DataFrame, *, validated_only: bool) -> pd
     Columns: task, model_name, model_version, participant_id, score, n_images,
     n_images_not_validated, threshold.
     """
-    keys = ["task", "model_name", "model_version"]
+    keys = ["target", "model_name", "model_version"]
     cols = keys + ["participant_id", "score", "n_images", "n_images_not_validated", "threshold"]
     if predictions.empty:
         return pd.DataFrame(columns=cols)
@@ -280,7 +280,7 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFra
     """The evaluation table (columns :data:`EVALUATION_COLUMNS`, in order) for every model."""
     rows: list[dict[str, Any]] = []
     all_scores = participant_scores(predictions, validated_only=False)
-    models = all_scores[["task", "model_name", "model_version"]].drop_duplicates().itertuples(index=False)
+    models = all_scores[["target", "model_name", "model_version"]].drop_duplicates().itertuples(index=False)
     for task, model_name, model_version in models:
         if task not in TASK_CLASSES:
             logger.warning("model %s: task %r has no labels to evaluate against; skipped", model_name, task)
@@ -289,10 +289,10 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFra
         for subset in ("validated", "all"):
             scores = participant_scores(predictions, validated_only=(subset == "validated"))
             scores = scores[
-                (scores["task"] == task) & (scores["model_name"] == model_name) & (scores["model_version"] == model_version)
+                (scores["target"] == task) & (scores["model_name"] == model_name) & (scores["model_version"] == model_version)
             ]
             model_rows = all_scores[
-                (all_scores["task"] == task)
+                (all_scores["target"] == task)
                 & (all_scores["model_name"] == model_name)
                 & (all_scores["model_version"] == model_version)
             ]
@@ -307,7 +307,7 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFra
             point = binary_metrics(y, s, threshold)
             ci = subsample_intervals(y, s, threshold, n_resamples=_N_RESAMPLES, fraction=_FRACTION, seed=_SEED)
             row: dict[str, Any] = {
-                "task": task,
+                "target": task,
                 "model_name": model_name,
                 "model_version": model_version,
                 "subset": subset,
@@ -351,7 +351,7 @@ def _write_figures(output_dir: Path, predictions: pd.DataFrame, labels: Particip
     scores = participant_scores(predictions, validated_only=False)
     written: list[Path] = []
     curves, panels, mmse_panels = [], [], []
-    for (task, name, version), rows in scores.groupby(["task", "model_name", "model_version"], sort=True):
+    for (task, name, version), rows in scores.groupby(["target", "model_name", "model_version"], sort=True):
         if task not in TASK_CLASSES:
             continue
         label_col, positive, negative = TASK_CLASSES[task]

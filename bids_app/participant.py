@@ -122,7 +122,7 @@ def prediction_rows(
     rows = []
     origin = _effective_backend(maps)
     for package, scores in scored:
-        threshold = ad_threshold if package.task == "ad" else float(package.thresholds["default"])
+        threshold = ad_threshold if package.target == "ad" else float(package.thresholds["default"])
         score = float(scores.mean[0])
         folds = scores.fold_scores[0]
         warnings: list[str] = []
@@ -141,15 +141,15 @@ def prediction_rows(
             {
                 "participant_id": f"sub-{unit.subject}",
                 "session_id": f"ses-{unit.session}" if unit.session else None,
-                "run": unit.run,
+                "run_id": unit.run,
                 "source_file": str(unit.path.relative_to(bids_dir)) if unit.path.is_relative_to(bids_dir) else str(unit.path),
-                "task": package.task,
+                "target": package.task,
                 "model_name": package.name,
                 "model_version": package.version,
                 "model_sha256": ";".join(package.sha256),
                 "model_trained_on_synthetic": bool(package.trained_on_synthetic),
                 "score": round(score, 6),
-                "label": package.positive_label if score >= threshold else package.negative_label,
+                "predicted_label": package.positive_label if score >= threshold else package.negative_label,
                 "threshold": threshold,
                 "n_folds": int(folds.size),
                 "fold_scores": ";".join(f"{s:.6f}" for s in folds),

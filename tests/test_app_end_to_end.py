@@ -97,20 +97,20 @@ def test_predictions_match_direct_scoring_and_columns_described(study):
         table = read_predictions(tsvs[0])
         sidecar = json.loads(tsvs[0].with_suffix(".json").read_text())
         assert list(table.columns) == list(sidecar)
-        assert set(table["task"]) == {"sex", "ad"}
+        assert set(table["target"]) == {"sex", "ad"}
         # recompute from the written maps: the app's scores are the models' scores on these maps
         d = nib.load(next(out.rglob(f"{name}_space-IXI549Space_label-GM_probseg.nii.gz"))).get_fdata(dtype=np.float32)
         v = nib.load(next(out.rglob(f"{name}_space-IXI549Space_label-GM_desc-modulated_probseg.nii.gz"))).get_fdata(dtype=np.float32)
         np.testing.assert_allclose((d, v), unit_maps(np.asarray(d), 0) if False else (d, v))
         x = make_model_input(d, v)[None]
         for task, package in pk.items():
-            row = table[table["task"] == task].iloc[0]
+            row = table[table["target"] == task].iloc[0]
             scores = predict(package, x, device="cpu")
             assert row["score"] == pytest.approx(float(scores.mean[0]), abs=1e-5)
             folds = [float(s) for s in str(row["fold_scores"]).split(";")]
             assert len(folds) == package.n_folds and np.mean(folds) == pytest.approx(row["score"], abs=1e-5)
             assert row["model_sha256"] == ";".join(package.sha256)
-            assert row["label"] == (package.positive_label if row["score"] >= row["threshold"] else package.negative_label)
+            assert row["predicted_label"] == (package.positive_label if row["score"] >= row["threshold"] else package.negative_label)
             # synthetic-only test models: never 'validated', and the table says why
             assert not row["validated_input"] and "synthetic" in row["warnings"]
             assert row["preproc_backend"] == "derivatives" and "Research use only" in row["notice"]
@@ -130,7 +130,7 @@ def test_group_tables(study):
     assert len(group) == 2 * len(UNITS)
     assert list(group.columns) == list(json.loads((out / "group_predictions.json").read_text()))
     ev = pd.read_csv(out / "group_evaluation.tsv", sep="\t")
-    assert set(ev["task"]) == {"sex", "ad"}
+    assert set(ev["target"]) == {"sex", "ad"}
 
 
 def test_caps_and_dparsf_layouts_end_to_end(tmp_path, mni_gm_maps, tiny_models):

@@ -90,7 +90,7 @@ def cohort(tmp_path_factory):
 
 
 def _row(table: pd.DataFrame, task: str, subset: str) -> pd.Series:
-    rows = table[(table["task"] == task) & (table["subset"] == subset)]
+    rows = table[(table["target"] == task) & (table["subset"] == subset)]
     assert len(rows) == 1
     return rows.iloc[0]
 
@@ -106,11 +106,11 @@ def test_group_predictions_concatenate_every_participant_sorted(cohort):
     assert len(table) == 2 * len(IMAGES)
     assert list(table.columns) == list(PREDICTION_COLUMNS)
     assert table["model_version"].unique().tolist() == ["1.10"]  # text stays text, not the float 1.1
-    keys = list(zip(table["participant_id"], table["session_id"], table["run"], table["task"]))
+    keys = list(zip(table["participant_id"], table["session_id"], table["run_id"], table["target"]))
     assert keys == sorted(keys)
     assert (table["score"].astype(float) == 0.01).sum() == 0  # the decoy inside bids_dir was not read
     assert summary.n_images == 9 and summary.n_participants == 7
-    assert set(table[table["participant_id"] == "sub-06"]["run"]) == {"1", "2"}
+    assert set(table[table["participant_id"] == "sub-06"]["run_id"]) == {"1", "2"}
 
 
 def test_failures_are_counted_stale_ones_ignored(cohort):
@@ -248,16 +248,6 @@ def test_output_with_group_files_passes_the_bids_validator(tmp_path):
     assert predictions_path(out, unit).exists()
 
 
-@pytest.mark.xfail(
-    raises=Exception,
-    strict=True,
-    reason=(
-        "derivatives.PREDICTION_COLUMNS names columns after BIDS entities ('run', 'task', 'label'); pybids reads "
-        "the column-describing sidecars (per-T1w *_predictions.json, and group_predictions.json, which pybids "
-        "inherits onto every *_predictions.tsv) as metadata and raises BIDSConflictingValuesError for any T1w "
-        "with a run- entity; remove this marker once the columns are renamed (e.g. run_id, target, predicted_label)"
-    ),
-)
 def test_pybids_indexes_the_output_with_group_files(tmp_path):
     import bids
 

@@ -131,8 +131,8 @@ def write_group_report(output_dir: Path) -> Path:
         )
 
     failures = collect_failures(output_dir)
-    images = predictions[["participant_id", "session_id", "run", "source_file"]].drop_duplicates()
-    models = predictions[["task", "model_name", "model_version"]].drop_duplicates()
+    images = predictions[["participant_id", "session_id", "run_id", "source_file"]].drop_duplicates()
+    models = predictions[["target", "model_name", "model_version"]].drop_duplicates()
     overview = {
         "participants with predictions": int(predictions["participant_id"].nunique()),
         "T1w images with predictions": len(images),
@@ -167,11 +167,11 @@ def write_group_report(output_dir: Path) -> Path:
             {
                 "participant_id": r["participant_id"],
                 "session_id": r.get("session_id"),
-                "run": r.get("run"),
-                "task": r["task"],
+                "run_id": r.get("run_id"),
+                "target": r["target"],
                 "model_name": r["model_name"],
                 "score": float(score) if score is not None and not math.isnan(float(score)) else None,
-                "label": r.get("label"),
+                "predicted_label": r.get("predicted_label"),
                 "validated_input": r.get("validated_input"),
                 "qc_pass": r.get("qc_pass"),
                 "report": link,
