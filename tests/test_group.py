@@ -255,7 +255,9 @@ def test_pybids_indexes_the_output_with_group_files(tmp_path):
     run_group_level(bids_dir, out, report=False)
     layout = bids.BIDSLayout(out, validate=False, is_derivative=True)
     files = layout.get(suffix="predictions", extension=".tsv")
-    assert len(files) == len(IMAGES)
+    per_image = [f for f in files if f.entities.get("subject")]
+    assert len(per_image) == len(IMAGES)
+    assert [f.filename for f in files if not f.entities.get("subject")] == ["group_predictions.tsv"]
     assert layout.get(subject="06", run=1, suffix="predictions", extension=".tsv")
     assert layout.get_tasks() == []  # no column description mistaken for a task label
 

@@ -69,7 +69,7 @@ def _evaluation_section(output_dir: Path) -> str:
     rows = []
     for _, r in table.iterrows():
         row: dict[str, Any] = {
-            "model": f"{r['task']}: {r['model_name']} {'' if pd.isna(r['model_version']) else r['model_version']}",
+            "model": f"{r['target']}: {r['model_name']} {'' if pd.isna(r['model_version']) else r['model_version']}",
             "subset": r["subset"],
             "threshold": r["threshold"],
             "n_participants": int(r["n_participants"]),
