@@ -105,3 +105,15 @@ def test_auto_backend_choice(monkeypatch, tmp_path):
     monkeypatch.setenv("SPMSTANDALONE_HOME", str(tmp_path))
     monkeypatch.setenv("MCR_HOME", str(tmp_path))
     assert resolve_backend_name("auto") == "clinica"
+
+
+def test_bids_layout_keeps_the_recorded_origin(tmp_path, mni_gm_maps):
+    import json
+
+    anat = tmp_path / "d" / "sub-01" / "anat"
+    write_grid_map(anat / "sub-01_space-IXI549Space_label-GM_probseg.nii.gz", mni_gm_maps[0])
+    gmv = write_grid_map(anat / "sub-01_space-IXI549Space_label-GM_desc-modulated_probseg.nii.gz", mni_gm_maps[1])
+    backend = get_backend("derivatives", derivatives_dir=tmp_path / "d")
+    assert backend.run(_unit(tmp_path, sub="01"), tmp_path).provenance["OriginalBackend"] == "unknown"
+    gmv.with_name(gmv.name.replace(".nii.gz", ".json")).write_text(json.dumps({"PreprocBackend": "ants"}))
+    assert backend.run(_unit(tmp_path, sub="01"), tmp_path).provenance["OriginalBackend"] == "ants"

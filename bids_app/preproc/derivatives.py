@@ -20,6 +20,7 @@ Maps on another grid are resampled (trilinear) onto the SPM 1.5 mm grid and say 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def load_map(path: Path) -> tuple[np.ndarray, bool]:
     if not np.isfinite(data).any() or not np.nanmax(np.abs(data)) > 0:
         raise InputDataError(f"{path}: the GM map is empty (all zero or NaN) on the SPM grid")
     return data, not on_grid
+
+
+def _sidecar_backend(path: Path) -> str:
+    """The backend recorded in a BIDS map's JSON sidecar (``PreprocBackend``), else ``unknown``."""
+    sidecar = path.with_name(re.sub(r"\.nii(\.gz)?$", ".json", path.name))
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "unknown"
+    backend = meta.get("PreprocBackend", "unknown") if isinstance(meta, dict) else "unknown"
+    if backend == "derivatives":  # maps this app reused earlier keep their first origin
+        backend = meta.get("Provenance", {}).get("OriginalBackend", "unknown")
+    return str(backend)
 
 
 class DerivativesBackend:
@@ -157,6 +171,7 @@ class DerivativesBackend:
         gmd, gmd_resampled = load_map(gmd_path)
         gmv, gmv_resampled = load_map(gmv_path)
         assert gmd.shape == SPM_SHAPE and gmv.shape == SPM_SHAPE
+        origin = {"caps": "clinica", "dparsf": "spm"}.get(layout) or _sidecar_backend(gmv_path)
         return GMMaps(
             gmd=gmd,
             gmv=gmv,
@@ -167,7 +182,7 @@ class DerivativesBackend:
                 "GMDFile": str(gmd_path),
                 "GMVFile": str(gmv_path),
                 "ResampledToSPMGrid": bool(gmd_resampled or gmv_resampled),
-                "OriginalBackend": {"caps": "clinica", "dparsf": "spm", "bids": "unknown"}[layout],
+                "OriginalBackend": origin,
             },
             source_files=(gmd_path, gmv_path),
         )
