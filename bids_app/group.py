@@ -279,7 +279,11 @@ def _model_threshold(model_rows: pd.DataFrame) -> float:
 def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFrame:
     """The evaluation table (columns :data:`EVALUATION_COLUMNS`, in order) for every model."""
     rows: list[dict[str, Any]] = []
-    all_scores = participant_scores(predictions, validated_only=False)
+    by_subset = {
+        "validated": participant_scores(predictions, validated_only=True),
+        "all": participant_scores(predictions, validated_only=False),
+    }
+    all_scores = by_subset["all"]
     models = all_scores[["task", "model_name", "model_version"]].drop_duplicates().itertuples(index=False)
     for task, model_name, model_version in models:
         if task not in TASK_CLASSES:
@@ -287,7 +291,7 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFra
             continue
         label_col, positive, negative = TASK_CLASSES[task]
         for subset in ("validated", "all"):
-            scores = participant_scores(predictions, validated_only=(subset == "validated"))
+            scores = by_subset[subset]
             scores = scores[
                 (scores["task"] == task) & (scores["model_name"] == model_name) & (scores["model_version"] == model_version)
             ]
