@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_group_fixtures import init_output, make_bids, make_unit, prediction_row, write_maps, write_unit
+from .test_group_fixtures import init_output, make_bids, make_unit, prediction_row, write_maps, write_unit
 
 from bids_app._io import write_json
 from bids_app.derivatives import PREDICTION_COLUMNS, failure_path, predictions_path

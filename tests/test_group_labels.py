@@ -6,7 +6,7 @@ import logging
 import math
 
 import pytest
-from test_group_fixtures import make_bids
+from .test_group_fixtures import make_bids
 
 from bids_app.errors import InputDataError
 from bids_app.labels import parse_diagnosis, parse_sex, read_participant_labels

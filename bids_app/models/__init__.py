@@ -1,1 +1,46 @@
-"""bids_app.models"""
+"""Networks, model packages and the predictor (no BIDS, no preprocessing, no file I/O beyond packages).
+
+* :func:`build_network` -- the BrainImageNet 3D Inception-ResNet-V2 family (``irv2_sex``,
+  ``irv2_ad_optimised``, ``irv2_ad_intact``) with Keras layer names; ``forward`` returns logits (N,).
+* :func:`save_package` / :func:`load_package` / :func:`find_packages` -- ``model.json`` +
+  ``fold{k}.safetensors`` directories, sha256-verified, input spec checked against :mod:`bids_app.grid`.
+* :func:`predict` -- sigmoid scores of every fold, mean and spread (:class:`bids_app.types.ModelScores`).
+* :func:`import_keras` (in :mod:`bids_app.models.keras_import`) -- Keras 2/3 full-model H5 files
+  read with h5py only.
+"""
+
+from .graph import GraphNet, KerasBatchNorm3d, Node, SameConv3d
+from .irv2 import ARCHITECTURES, STEM_END, IRV2Net, build_network
+from .package import (
+    TASK_LABELS,
+    ModelPackage,
+    find_packages,
+    input_spec,
+    load_package,
+    network_from_architecture,
+    save_package,
+    validate_card,
+)
+from .predict import PRECISIONS, default_precision, predict
+
+__all__ = [
+    "ARCHITECTURES",
+    "STEM_END",
+    "TASK_LABELS",
+    "PRECISIONS",
+    "GraphNet",
+    "IRV2Net",
+    "KerasBatchNorm3d",
+    "ModelPackage",
+    "Node",
+    "SameConv3d",
+    "build_network",
+    "default_precision",
+    "find_packages",
+    "input_spec",
+    "load_package",
+    "network_from_architecture",
+    "predict",
+    "save_package",
+    "validate_card",
+]

@@ -1,0 +1,629 @@
+"""Simulate a BIDS dataset of synthetic T1w heads whose grey matter is known exactly.
+
+Why: the app must be tested and trained without downloadable labelled MRI. Each synthetic subject
+is the real template head of :mod:`bids_app.synth.anatomy` changed in ways whose effect on grey
+matter is known, so the preprocessing backends can be scored against the truth and the training
+code has labels that are really in the images.
+
+Generative model of one subject (template mm ``y`` -> subject mm ``x``)::
+
+    x = M (y + u(y))         M: head size (by sex), tilt, position;  u: smooth random warp
+                             plus a radial expansion around the lateral ventricles (AD, age)
+    GM_s(y) = clip(GM(y) * thickness(y) * (1 - loss(y)))      loss: MTL atrophy (MMSE) + age
+    T1(x)   = [mu_gm GM_s + mu_wm WM + mu_csf CSF_s + head](y(x)) * bias(x) (+ Rician noise)
+
+so the truth of what a perfect VBM pipeline returns is known in closed form:
+
+* GMD on the SPM grid (``wc1``) = ``GM_s(y)``;
+* GMV (``mwc1``) = ``GM_s(y) * det(M) * det(I + du/dy)``, whose sum times 1.5^3 mm^3 is the
+  subject's native GM volume.
+
+Site effects (scanner vendor, field strength, voxel size 0.9-1.3 mm, orientation and obliquity of
+the voxel grid, bias field, noise, contrast, intensity scale) are drawn per site. Every random
+draw comes from ``numpy.random.SeedSequence(seed)`` spawned per site / subject, so one seed gives
+the same dataset whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .. import RESEARCH_USE_NOTICE, __version__
+from .._io import atomic_path, write_json, write_text
+from ..derivatives import BIDS_VERSION, SPACE, write_map
+from ..errors import OutputError, UsageError
+from ..grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
+from .anatomy import TEMPLATE_NAME, TemplateAnatomy, template_anatomy
+
+__all__ = [
+    "SiteParams",
+    "SubjectParams",
+    "TRUTH_DIR",
+    "draw_sites",
+    "draw_subjects",
+    "simulate_dataset",
+    "truth_paths",
+]
+
+_log = logging.getLogger("bids_app.synth")
+
+#: ground truth lives here, relative to the simulated dataset
+TRUTH_DIR = Path("derivatives") / "ground-truth"
+_GRID_MM = 3.0  # spacing of the deformation grid
+_INVERSE_ITERATIONS = 8  # fixed-point steps inverting the warp (residual << 0.1 mm for these warps)
+_AXCODES = (("R", "A", "S"), ("L", "A", "S"), ("L", "P", "S"), ("P", "S", "R"), ("R", "P", "I"))
+_VENDORS = (("Siemens", "Prisma"), ("GE", "DISCOVERY MR750"), ("Philips", "Ingenia"), ("Siemens", "Avanto"))
+
+
+@dataclass(frozen=True)
+class SiteParams:
+    """Acquisition of one site: what differs between scanners and protocols."""
+
+    site: str
+    manufacturer: str
+    model: str
+    field_strength: float
+    voxel_size: tuple[float, float, float]
+    axcodes: tuple[str, str, str]
+    obliquity_deg: tuple[float, float, float]
+    bias_amplitude: float
+    noise_sd: float  # relative to WM intensity
+    gm_contrast: float  # GM intensity relative to WM
+    csf_contrast: float
+    gain: float
+    ad_fraction: float
+    repetition_time: float
+    inversion_time: float
+    echo_time: float
+    flip_angle: float
+
+
+@dataclass(frozen=True)
+class SubjectParams:
+    """Demographics and the truth of one subject's anatomy."""
+
+    participant_id: str
+    site: str
+    index: int
+    age: float
+    sex: str  # "M" / "F"
+    diagnosis: str  # "CN" / "AD"
+    mmse: int
+    severity: float  # 0..1, from MMSE
+    head_scale: float
+    mtl_gm_loss: float  # fraction of GM lost at the centre of the MTL region
+    global_gm_loss: float  # age-related fraction, everywhere
+    ventricle_expansion: float  # linear expansion factor - 1 at the ventricles' centre
+    warp_mm: float  # SD of the random smooth displacement
+
+
+def draw_sites(sites: int, seed: int) -> list[SiteParams]:
+    """Draw ``sites`` acquisition protocols from ``seed`` (deterministic)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA11]))
+    out = []
+    for s in range(sites):
+        vendor, model = _VENDORS[int(rng.integers(len(_VENDORS)))]
+        field = float(rng.choice([1.5, 3.0], p=[0.35, 0.65]))
+        inplane = float(np.round(rng.uniform(0.9, 1.2), 3))
+        slab = float(np.round(rng.uniform(0.9, 1.3), 3))
+        axc = _AXCODES[s % len(_AXCODES)] if s else _AXCODES[0]
+        vox = (inplane, inplane, slab)  # the third voxel axis is the slice / partition axis
+        out.append(
+            SiteParams(
+                site=f"S{s + 1:02d}",
+                manufacturer=vendor,
+                model=model,
+                field_strength=field,
+                voxel_size=tuple(float(v) for v in vox),
+                axcodes=axc,
+                obliquity_deg=tuple(float(a) for a in np.round(rng.uniform(-6, 6, 3), 2)),
+                bias_amplitude=float(rng.uniform(0.05, 0.25 if field > 2 else 0.15)),
+                noise_sd=float(rng.uniform(0.015, 0.03) * (1.5 if field < 2 else 1.0)),
+                gm_contrast=float(rng.uniform(0.55, 0.68) + (0.04 if field < 2 else 0.0)),
+                csf_contrast=float(rng.uniform(0.12, 0.28)),
+                gain=float(rng.uniform(0.6, 1.6)),
+                ad_fraction=float(rng.uniform(0.3, 0.6)),
+                repetition_time=float(round(rng.uniform(1.9, 2.4) if field > 2 else rng.uniform(2.0, 2.8), 3)),
+                inversion_time=float(round(rng.uniform(0.85, 1.1), 3)),
+                echo_time=float(round(rng.uniform(0.0025, 0.0035), 5)),
+                flip_angle=float(rng.choice([8.0, 9.0, 12.0])),
+            )
+        )
+    return out
+
+
+def draw_subjects(participants: int, site_list: list[SiteParams], seed: int) -> list[SubjectParams]:
+    """Draw demographics, diagnosis, MMSE and the anatomy truth of every participant.
+
+    Every site gets at least one participant (two when there are enough), the rest are allocated
+    with Dirichlet-distributed site sizes, so sites differ in size as real ones do.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B1]))
+    n_sites = len(site_list)
+    base = 2 if participants >= 2 * n_sites else 1
+    assign = [i for i in range(n_sites) for _ in range(base)][:participants]
+    weights = rng.dirichlet(np.full(n_sites, 4.0))
+    assign += list(rng.choice(n_sites, size=participants - len(assign), p=weights))
+    assign = list(rng.permutation(assign))
+    subjects = []
+    for i, s in enumerate(assign):
+        site = site_list[int(s)]
+        is_ad = rng.random() < site.ad_fraction
+        sex = "M" if rng.random() < 0.5 else "F"
+        if is_ad:
+            age = float(np.clip(rng.normal(75, 7), 55, 92))
+            mmse = int(np.clip(np.round(rng.normal(21, 4)), 10, 26))
+        else:
+            age = float(np.clip(rng.normal(71, 7), 55, 92))
+            mmse = int(np.clip(np.round(rng.normal(29, 1)), 26, 30))
+        severity = float(np.clip((30 - mmse) / 20.0, 0.0, 1.0))
+        head_scale = float(rng.normal(1.018 if sex == "M" else 0.982, 0.025))
+        subjects.append(
+            SubjectParams(
+                participant_id=f"sub-{i + 1:03d}",
+                site=site.site,
+                index=i,
+                age=round(age, 1),
+                sex=sex,
+                diagnosis="AD" if is_ad else "CN",
+                mmse=mmse,
+                severity=round(severity, 4),
+                head_scale=round(head_scale, 4),
+                mtl_gm_loss=round(float(np.clip(0.45 * severity + rng.normal(0, 0.02), 0, 0.6)), 4),
+                global_gm_loss=round(float(np.clip(0.0025 * (age - 60), 0, 0.1)), 4),
+                ventricle_expansion=round(float(0.12 * severity + 0.002 * max(age - 60, 0)), 4),
+                warp_mm=round(float(rng.uniform(1.5, 3.0)), 3),
+            )
+        )
+    return subjects
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry helpers
+
+
+def _rotation(deg: tuple[float, float, float] | np.ndarray) -> np.ndarray:
+    ax, ay, az = np.deg2rad(np.asarray(deg, dtype=np.float64))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _axcodes_matrix(axcodes: tuple[str, str, str]) -> np.ndarray:
+    """3x3 matrix whose column i is the world direction of voxel axis i."""
+    m = np.zeros((3, 3))
+    for i, code in enumerate(axcodes):
+        axis = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}[code]
+        m[axis, i] = 1.0 if code in "RAS" else -1.0
+    return m
+
+
+def _to_vox(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Voxel coordinates (float32) in the grid of ``affine`` of mm ``points`` (3, N)."""
+    inv = np.linalg.inv(affine).astype(np.float32)
+    out = inv[:3, :3] @ points
+    out += inv[:3, 3:4]
+    return out
+
+
+def _interp(volume: np.ndarray, coords: np.ndarray, cval: float = 0.0) -> np.ndarray:
+    return ndimage.map_coordinates(volume, coords, order=1, mode="constant", cval=cval, prefilter=False)
+
+
+def _sample(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, cval: float = 0.0) -> np.ndarray:
+    """Trilinear value of ``volume`` (voxel->mm ``affine``) at mm ``points`` (3, N)."""
+    return _interp(volume, _to_vox(affine, points), cval)
+
+
+def _grid_points(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    return (affine[:3, :3].astype(np.float32) @ idx + affine[:3, 3:4].astype(np.float32)).astype(np.float32)
+
+
+@dataclass
+class _Warp:
+    """Displacement ``u`` (template mm) on a 3 mm grid, its inverse and its Jacobian determinant."""
+
+    affine: np.ndarray
+    u: np.ndarray  # (3, X, Y, Z)
+    v: np.ndarray  # inverse displacement, same grid, in "z = M^-1 x" coordinates
+    jac: np.ndarray  # det(I + du/dy)
+
+
+def _make_warp(tmpl: TemplateAnatomy, subj: SubjectParams, rng: np.random.Generator) -> _Warp:
+    shape_mm = np.array(tmpl.gm.shape) * np.abs(np.diag(tmpl.affine)[:3])
+    origin = tmpl.affine[:3, 3] - 10.0
+    shape = tuple(int(np.ceil((s + 20.0) / _GRID_MM)) + 1 for s in shape_mm)
+    affine = np.eye(4)
+    affine[:3, :3] *= _GRID_MM
+    affine[:3, 3] = origin
+    pts = _grid_points(shape, affine).reshape(3, *shape)
+
+    sigma = 12.0 / _GRID_MM
+    u = np.empty((3, *shape), dtype=np.float32)
+    for k in range(3):
+        field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+        u[k] = field / max(float(field.std()), 1e-6) * subj.warp_mm
+    # Ventricular enlargement: radial displacement around the ventricles' centre, anisotropic
+    # Gaussian envelope (ventricles are long in y). Jacobian ~ (1 + a)^3 at the centre.
+    c = tmpl.ventricle_centre.astype(np.float32)
+    d = pts - c[:, None, None, None]
+    env = np.exp(-0.5 * ((d[0] / 16.0) ** 2 + (d[1] / 28.0) ** 2 + (d[2] / 16.0) ** 2))
+    u += subj.ventricle_expansion * d * env[None]
+
+    grads = [np.gradient(u[k], _GRID_MM) for k in range(3)]
+    j = np.empty((3, 3, *shape), dtype=np.float32)
+    for a in range(3):
+        for b in range(3):
+            j[a, b] = grads[a][b] + (1.0 if a == b else 0.0)
+    jac = np.linalg.det(np.moveaxis(j, (0, 1), (-2, -1))).astype(np.float32)
+    if float(jac.min()) <= 0.1:
+        raise RuntimeError(f"simulated warp of {subj.participant_id} folds (min Jacobian {jac.min():.2f})")
+
+    # Inverse by fixed point: y + u(y) = z  <=>  v(z) = -u(z + v(z)).
+    v = np.zeros_like(u)
+    flat_pts = pts.reshape(3, -1)
+    for _ in range(_INVERSE_ITERATIONS):
+        q = _to_vox(affine, flat_pts + v.reshape(3, -1))
+        v = np.stack([-_interp(u[k], q) for k in range(3)]).reshape(u.shape)
+    return _Warp(affine=affine, u=u, v=v, jac=jac)
+
+
+def _placement(subj: SubjectParams, rng: np.random.Generator) -> np.ndarray:
+    """M: template mm -> subject mm (head size, tilt, position in the scanner)."""
+    scale = subj.head_scale * (1.0 + rng.normal(0, 0.015, 3))
+    m = np.eye(4)
+    m[:3, :3] = _rotation(rng.uniform(-8, 8, 3)) @ np.diag(scale)
+    m[:3, 3] = rng.normal(0, 6, 3) + np.array([0.0, 15.0, 10.0])
+    return m
+
+
+def _native_grid(tmpl: TemplateAnatomy, site: SiteParams, m: np.ndarray) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Voxel grid of the acquisition: site orientation, obliquity and voxel size, head in view."""
+    mask_idx = np.argwhere(tmpl.head_mask)
+    lo, hi = mask_idx.min(0), mask_idx.max(0)
+    corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])], float).T
+    world = tmpl.affine[:3, :3] @ corners + tmpl.affine[:3, 3:4]
+    subj = m[:3, :3] @ world + m[:3, 3:4]
+    direction = _rotation(site.obliquity_deg) @ _axcodes_matrix(site.axcodes)
+    vox = np.diag(site.voxel_size)
+    a3 = direction @ vox
+    in_grid = np.linalg.inv(a3) @ subj
+    lo_g = in_grid.min(1) - 4.0 / np.array(site.voxel_size)
+    hi_g = in_grid.max(1) + 4.0 / np.array(site.voxel_size)
+    shape = tuple(int(np.ceil(h - l)) for l, h in zip(lo_g, hi_g))
+    affine = np.eye(4)
+    affine[:3, :3] = a3
+    affine[:3, 3] = a3 @ np.floor(lo_g)
+    return shape, affine  # type: ignore[return-value]
+
+
+def _bias(shape: tuple[int, ...], amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative field: exp of a random quadratic polynomial over the field of view."""
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    terms = [x, y, z, x * y, x * z, y * z, x * x - 0.33, y * y - 0.33, z * z - 0.33]
+    coef = rng.normal(0, 1, len(terms))
+    coef *= amplitude / np.sqrt(np.sum(coef**2) / 3.0)
+    log_field = sum(c * t for c, t in zip(coef, terms))
+    return np.exp(np.broadcast_to(log_field, shape)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# one subject
+
+
+def truth_paths(out: Path, participant_id: str) -> dict[str, Path]:
+    """Where the ground truth of ``participant_id`` lives in a simulated dataset."""
+    d = Path(out) / TRUTH_DIR / participant_id / "anat"
+    p = participant_id
+    return {
+        "gm_native": d / f"{p}_label-GM_probseg.nii.gz",
+        "gmd": d / f"{p}_space-{SPACE}_label-GM_probseg.nii.gz",
+        "gmv": d / f"{p}_space-{SPACE}_label-GM_desc-modulated_probseg.nii.gz",
+        "atrophy_mask": d / f"{p}_space-{SPACE}_desc-atrophy_mask.nii.gz",
+        "warp": d / f"{p}_from-{TEMPLATE_NAME}_to-T1w_mode-points_xfm.nii.gz",
+    }
+
+
+def _save_nifti(path: Path, img: nib.Nifti1Image) -> None:
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, tmp)
+
+
+def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index]))
+    tmpl = template_anatomy()
+    warp = _make_warp(tmpl, subj, rng)
+    m = _placement(subj, rng)
+
+    # Subject's own tissue maps in template space.
+    shape_t = tmpl.gm.shape
+    thick_coarse = ndimage.gaussian_filter(rng.standard_normal(warp.jac.shape).astype(np.float32), 8.0 / _GRID_MM)
+    thick_coarse = 1.0 + 0.08 * thick_coarse / max(float(thick_coarse.std()), 1e-6)
+    thickness = _sample(thick_coarse, warp.affine, _grid_points(shape_t, tmpl.affine), cval=1.0).reshape(shape_t)
+    loss = np.clip(subj.mtl_gm_loss * tmpl.mtl_weight + subj.global_gm_loss, 0, 0.9)
+    gm_s = np.minimum(tmpl.gm * thickness * (1.0 - loss), tmpl.gm + tmpl.csf).astype(np.float32)
+    csf_s = (tmpl.csf + tmpl.gm - gm_s).astype(np.float32)
+    t1_t = (site.gm_contrast * gm_s + tmpl.wm + site.csf_contrast * csf_s + tmpl.head).astype(np.float32)
+
+    # Native acquisition: for each voxel x, y = z + v(z) with z = M^-1 x.
+    shape_n, aff_n = _native_grid(tmpl, site, m)
+    x = _grid_points(shape_n, aff_n)
+    m_inv = np.linalg.inv(m).astype(np.float32)
+    z = m_inv[:3, :3] @ x
+    z += m_inv[:3, 3:4]
+    del x
+    zc = _to_vox(warp.affine, z)
+    for k in range(3):
+        z[k] += _interp(warp.v[k], zc)
+    del zc
+    yc = _to_vox(tmpl.affine, z)
+    del z
+    t1 = _interp(t1_t, yc).reshape(shape_n)
+    gm_native = _interp(gm_s, yc).reshape(shape_n)
+    del yc
+    t1 *= _bias(shape_n, site.bias_amplitude, rng)
+    sd = site.noise_sd
+    t1 = np.sqrt((t1 + rng.normal(0, sd, shape_n).astype(np.float32)) ** 2 + rng.normal(0, sd, shape_n).astype(np.float32) ** 2)
+    t1 = np.clip(np.round(t1 * 1000.0 * site.gain), 0, 32767).astype(np.int16)
+
+    # Truth on the SPM grid: GMD = GM_s(y); GMV = GMD * det(M) * det(I + du/dy).
+    spm_pts = _grid_points(SPM_SHAPE, SPM_AFFINE)
+    gmd = _sample(gm_s, tmpl.affine, spm_pts).reshape(SPM_SHAPE)
+    jac = _sample(warp.jac, warp.affine, spm_pts, cval=1.0).reshape(SPM_SHAPE)
+    gmv = (gmd * jac * abs(np.linalg.det(m[:3, :3]))).astype(np.float32)
+    mtl = _sample(tmpl.mtl_weight, tmpl.affine, spm_pts).reshape(SPM_SHAPE)
+
+    pid = subj.participant_id
+    anat = out / pid / "anat"
+    img = nib.Nifti1Image(t1, aff_n)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(aff_n, code=1)
+    img.header.set_sform(aff_n, code=1)
+    _save_nifti(anat / f"{pid}_T1w.nii.gz", img)
+    write_json(
+        anat / f"{pid}_T1w.json",
+        {
+            "Manufacturer": site.manufacturer,
+            "ManufacturersModelName": site.model,
+            "MagneticFieldStrength": site.field_strength,
+            "InstitutionName": f"Synthetic site {site.site}",
+            "RepetitionTime": site.repetition_time,
+            "InversionTime": site.inversion_time,
+            "EchoTime": site.echo_time,
+            "FlipAngle": site.flip_angle,
+        },
+    )
+
+    paths = truth_paths(out, pid)
+    gimg = nib.Nifti1Image(np.round(gm_native * 1000).astype(np.int16), aff_n)
+    gimg.header.set_slope_inter(1e-3, 0.0)
+    gimg.header.set_xyzt_units("mm")
+    _save_nifti(paths["gm_native"], gimg)
+    write_json(
+        paths["gm_native"].with_name(paths["gm_native"].name.replace(".nii.gz", ".json")),
+        {"Description": "True GM probability on the T1w's own voxel grid (what the T1w was made from)."},
+    )
+    common = {
+        "Sources": [f"bids:raw:{pid}/anat/{pid}_T1w.nii.gz"],
+        "Template": TEMPLATE_NAME,
+        "Note": (
+            "Ground truth of a synthetic subject: the template's GM after this subject's atrophy, "
+            f"resampled from {TEMPLATE_NAME} (1 mm) onto the SPM 1.5 mm IXI549Space grid. "
+            "Named like the app's outputs so the derivatives backend and train can read it."
+        ),
+    }
+    write_map(paths["gmd"], gmd, {**common, "Description": "True GM density (unmodulated, wc1-like)."})
+    write_map(
+        paths["gmv"],
+        gmv,
+        {
+            **common,
+            "Description": "True GM volume (modulated, mwc1-like): GMD times the Jacobian determinant "
+            "of the template-to-subject map, so sum * 3.375 mm^3 = native GM volume.",
+        },
+    )
+    mimg = nib.Nifti1Image((mtl >= 0.5).astype(np.uint8), SPM_AFFINE)
+    mimg.header.set_sform(SPM_AFFINE, code=4)
+    mimg.header.set_qform(SPM_AFFINE, code=4)
+    _save_nifti(paths["atrophy_mask"], mimg)
+    write_json(
+        paths["atrophy_mask"].with_name(paths["atrophy_mask"].name.replace(".nii.gz", ".json")),
+        {
+            "Description": "Medial-temporal atrophy region (weight >= 0.5); GM there was multiplied by "
+            "(1 - MTLGMLoss * weight) and by (1 - GlobalGMLoss) everywhere.",
+            "MTLGMLoss": subj.mtl_gm_loss,
+            "GlobalGMLoss": subj.global_gm_loss,
+            "Source": tmpl.sources["MTL"],
+        },
+    )
+    wimg = nib.Nifti1Image(np.moveaxis(warp.u, 0, -1)[:, :, :, None, :], warp.affine)
+    wimg.header.set_intent("vector")
+    _save_nifti(paths["warp"], wimg)
+    write_json(
+        paths["warp"].with_name(paths["warp"].name.replace(".nii.gz", ".json")),
+        {
+            "Description": "Template-to-subject map: x_subject_mm = M @ (y + u(y)), u (mm) stored here on a "
+            "3 mm grid over the template; M below (4x4, mm).",
+            "M": m.tolist(),
+            "VentricleCentre": tmpl.ventricle_centre.tolist(),
+            "VentricleExpansion": subj.ventricle_expansion,
+        },
+    )
+    native_gm_ml = float(gm_native.sum() * abs(np.linalg.det(aff_n[:3, :3])) / 1000.0)
+    return {
+        "participant_id": pid,
+        "native_gm_volume_ml": round(native_gm_ml, 3),
+        "truth_gmv_total_ml": round(float(gmv.sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
+        "truth_mtl_gmv_ml": round(float(gmv[mtl >= 0.5].sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
+        "native_shape": "x".join(map(str, shape_n)),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the dataset
+
+_PARTICIPANTS_JSON = {
+    "participant_id": {"Description": "Participant label."},
+    "age": {"Description": "Age at scan.", "Units": "year"},
+    "sex": {"Description": "Biological sex.", "Levels": {"M": "male", "F": "female"}},
+    "diagnosis": {
+        "Description": "Simulated diagnosis.",
+        "Levels": {"CN": "cognitively normal", "AD": "Alzheimer's disease (simulated atrophy)"},
+    },
+    "mmse": {"Description": "Simulated Mini-Mental State Examination score (0-30); sets atrophy severity."},
+    "site": {"Description": "Simulated acquisition site (scanner and protocol)."},
+}
+
+_TRUTH_COLUMNS = {
+    "participant_id": {"Description": "Participant label."},
+    "site": {"Description": "Simulated site."},
+    "severity": {"Description": "Atrophy severity 0..1 = clip((30 - MMSE) / 20)."},
+    "head_scale": {"Description": "Linear head scale relative to the template (sex-dependent)."},
+    "mtl_gm_loss": {"Description": "Fraction of GM removed at the centre of the medial temporal region."},
+    "global_gm_loss": {"Description": "Age-related fraction of GM removed everywhere."},
+    "ventricle_expansion": {"Description": "Radial expansion factor - 1 at the lateral ventricles' centre."},
+    "warp_mm": {"Description": "SD of the random smooth displacement.", "Units": "mm"},
+    "native_gm_volume_ml": {"Description": "True native GM volume.", "Units": "mL"},
+    "truth_gmv_total_ml": {"Description": "Sum of the true GMV map times the voxel volume.", "Units": "mL"},
+    "truth_mtl_gmv_ml": {"Description": "True GMV inside the atrophy mask.", "Units": "mL"},
+    "native_shape": {"Description": "Voxel grid of the T1w."},
+}
+
+
+def simulate_dataset(
+    out: Path,
+    *,
+    participants: int,
+    sites: int,
+    seed: int,
+    nprocs: int = 1,
+    progress: bool = False,
+) -> Path:
+    """Write a synthetic BIDS dataset with ground truth to ``out`` and return ``out``.
+
+    Parameters
+    ----------
+    out : the dataset root; created, and must be empty if it exists.
+    participants : number of participants (>= 1), each with one T1w.
+    sites : number of sites (1 <= sites <= participants).
+    seed : every random draw derives from it: same seed, same dataset.
+    nprocs : worker processes (results do not depend on it).
+    progress : show a progress bar.
+    """
+    if participants < 1:
+        raise UsageError(f"--participants must be >= 1, got {participants}")
+    if not 1 <= sites <= participants:
+        raise UsageError(f"--sites must be between 1 and the number of participants ({participants}), got {sites}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise OutputError(f"{out} exists and is not empty; simulate writes a new dataset")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
+
+    site_list = draw_sites(sites, seed)
+    subjects = draw_subjects(participants, site_list, seed)
+    by_site = {s.site: s for s in site_list}
+    tmpl = template_anatomy()  # built before forking so workers share it
+
+    jobs = [(out, by_site[s.site], s, seed) for s in subjects]
+    if nprocs > 1:
+        with ProcessPoolExecutor(max_workers=nprocs) as pool:
+            futures = [pool.submit(_simulate_subject, *j) for j in jobs]
+            results = [f.result() for f in _progress(futures, progress, total=len(jobs), as_futures=True)]
+    else:
+        results = [_simulate_subject(*j) for j in _progress(jobs, progress, total=len(jobs))]
+
+    write_json(
+        out / "dataset_description.json",
+        {
+            "Name": f"vbm-predict synthetic cohort (seed {seed})",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "raw",
+            "License": "CC0",
+            "Authors": ["vbm-predict simulate"],
+            "GeneratedBy": [{"Name": "vbm-predict simulate", "Version": __version__}],
+        },
+    )
+    write_text(
+        out / "README",
+        "Synthetic T1w dataset made by `vbm-predict simulate` "
+        f"(participants={participants}, sites={sites}, seed={seed}).\n"
+        "Heads are built from real template anatomy (nilearn MNI152 2009 tissue maps; "
+        f"non-brain: {tmpl.sources['Head']}) with random deformations, sex-dependent head size, "
+        "MMSE-graded medial temporal atrophy and ventricular enlargement, and per-site scanner effects.\n"
+        "Ground truth: derivatives/ground-truth/. No real person's data; "
+        + RESEARCH_USE_NOTICE
+        + "\n",
+    )
+    table = pd.DataFrame(
+        [
+            {"participant_id": s.participant_id, "age": s.age, "sex": s.sex, "diagnosis": s.diagnosis,
+             "mmse": s.mmse, "site": s.site}
+            for s in subjects
+        ]
+    )
+    with atomic_path(out / "participants.tsv", suffix=".tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+    write_json(out / "participants.json", _PARTICIPANTS_JSON)
+
+    truth = out / TRUTH_DIR
+    write_json(
+        truth / "dataset_description.json",
+        {
+            "Name": "Ground truth of the synthetic cohort",
+            "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "derivative",
+            "GeneratedBy": [
+                {"Name": "vbm-predict simulate", "Version": __version__,
+                 "Description": f"seed={seed}; anatomy: " + "; ".join(f"{k}: {v}" for k, v in tmpl.sources.items())}
+            ],
+            "DatasetLinks": {"raw": "../../"},
+            "SourceDatasets": [{"URL": "bids:raw:"}],
+        },
+    )
+    rows = []
+    res_by = {r["participant_id"]: r for r in results}
+    for s in subjects:
+        d = asdict(s)
+        rows.append({k: d[k] for k in ("participant_id", "site", "severity", "head_scale", "mtl_gm_loss",
+                                       "global_gm_loss", "ventricle_expansion", "warp_mm")}
+                    | {k: v for k, v in res_by[s.participant_id].items() if k != "participant_id"})
+    truth_table = pd.DataFrame(rows)
+    with atomic_path(truth / "participants.tsv", suffix=".tsv") as tmp:
+        truth_table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+    write_json(truth / "participants.json", _TRUTH_COLUMNS)
+    write_json(truth / "sites.json", {s.site: asdict(s) for s in site_list})
+    write_text(truth / ".bidsignore", "sites.json\n*_xfm.*\n")
+    _log.info("simulated %d participants at %d sites in %s", participants, sites, out)
+    return out
+
+
+def _progress(items: list, enabled: bool, total: int, as_futures: bool = False):
+    if as_futures:
+        from concurrent.futures import as_completed
+
+        if enabled:
+            from tqdm import tqdm
+
+            for _ in tqdm(as_completed(items), total=total, desc="simulate", unit="subject"):
+                pass
+        return items
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc="simulate", unit="subject")
