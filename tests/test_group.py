@@ -116,6 +116,9 @@ def test_group_predictions_concatenate_every_participant_sorted(cohort):
 def test_failures_are_counted_stale_ones_ignored(cohort):
     _, out, summary = cohort
     assert [(f.participant_id, f.reason) for f in summary.failures] == [("sub-08", "corrupt gzip: sub-08_T1w.nii.gz")]
+    text = summary.text()
+    assert "9 T1w from 7 participants" in text and "1 T1w failed" in text and "corrupt gzip" in text
+    assert "ad test-ad: AUC 0.833" in text and "group_evaluation.tsv" in text and summary.exit_code == 0
 
 
 def test_ad_evaluation_matches_hand_computation(cohort):
