@@ -246,7 +246,11 @@ def collect_failures(output_dir: Path) -> tuple[FailureRecord, ...]:
             record = {"unreadable": str(exc)}
         if not isinstance(record, dict):
             record = {"record": record}
-        reason = next((str(record[k]) for k in ("reason", "error", "message", "exception") if k in record), "")
+        reason = next((str(record[k]) for k in ("reason", "error", "message", "exception") if record.get(k)), "")
+        if reason and record.get("error_type") and str(record["error_type"]) not in reason:
+            reason = f"{record['error_type']}: {reason}"
+        if reason and record.get("step"):
+            reason = f"at {record['step']}: {reason}"
         participant = path.relative_to(output_dir).parts[0]
         out.append(FailureRecord(path=path, participant_id=participant, reason=reason or "no reason recorded", record=record))
     return tuple(out)
