@@ -115,7 +115,10 @@ def test_group_predictions_concatenate_every_participant_sorted(cohort):
 
 def test_failures_are_counted_stale_ones_ignored(cohort):
     _, out, summary = cohort
-    assert [(f.participant_id, f.reason) for f in summary.failures] == [("sub-08", "corrupt gzip: sub-08_T1w.nii.gz")]
+    assert [(f.participant_id, f.reason) for f in summary.failures] == [("sub-08", "at load: corrupt gzip: sub-08_T1w.nii.gz")]
+    text = summary.text()
+    assert "9 T1w from 7 participants" in text and "1 T1w failed" in text and "corrupt gzip" in text
+    assert "ad test-ad: AUC 0.833" in text and "group_evaluation.tsv" in text and summary.exit_code == 0
 
 
 def test_ad_evaluation_matches_hand_computation(cohort):
@@ -265,10 +268,16 @@ def test_pybids_indexes_the_output_with_group_files(tmp_path):
 def test_only_failures_gives_empty_table_and_a_report_listing_them(tmp_path):
     bids = make_bids(tmp_path / "bids", PARTICIPANTS)
     out = init_output(tmp_path / "out", bids)
-    write_json(failure_path(out, make_unit(bids, "01", "1")), {"error": "4D image: sub-01_ses-1_T1w.nii.gz"})
+    # the record the participant workflow writes (bids_app.workflows._record_failure)
+    write_json(
+        failure_path(out, make_unit(bids, "01", "1")),
+        {"participant_id": "sub-01", "session_id": "ses-1", "step": "load", "error_type": "InputDataError",
+         "message": "4D image: sub-01_ses-1_T1w.nii.gz", "exit_code": 65},
+    )
     summary = run_group_level(bids, out)
     assert summary.n_images == 0 and summary.evaluation is None
     assert (out / "group_predictions.tsv").read_text().splitlines() == ["\t".join(PREDICTION_COLUMNS)]
     assert [f.participant_id for f in summary.failures] == ["sub-01"]
     text = summary.report_path.read_text()
-    assert "4D image: sub-01_ses-1_T1w.nii.gz" in text and "not evaluated" in text
+    assert summary.failures[0].reason == "at load: InputDataError: 4D image: sub-01_ses-1_T1w.nii.gz"
+    assert "at load: InputDataError: 4D image: sub-01_ses-1_T1w.nii.gz" in text and "not evaluated" in text
