@@ -122,7 +122,7 @@ def prediction_rows(
     rows = []
     origin = _effective_backend(maps)
     for package, scores in scored:
-        threshold = ad_threshold if package.target == "ad" else float(package.thresholds["default"])
+        threshold = ad_threshold if package.task == "ad" else float(package.thresholds["default"])
         score = float(scores.mean[0])
         folds = scores.fold_scores[0]
         warnings: list[str] = []
@@ -187,6 +187,21 @@ def _map_sidecar(unit: T1wUnit, bids_dir: Path, maps: GMMaps, qc: QCResult, kind
     }
 
 
+def _remove_stale_partials(output_dir: Path, unit: T1wUnit) -> None:
+    """Delete temporary files a killed earlier attempt of *this* unit left beside its outputs.
+
+    Only this unit's own final names are matched, so jobs working on other units in the same
+    folder (e.g. other runs) keep their in-flight files.
+    """
+    finals = [map_path(output_dir, unit, "GMD"), map_path(output_dir, unit, "GMV"), predictions_path(output_dir, unit)]
+    names = [f.name for f in finals] + [f.name.replace(".nii.gz", ".json").replace(".tsv", ".json") for f in finals]
+    folder = finals[0].parent
+    if folder.is_dir():
+        for name in names:
+            for stale in folder.glob(f".{name}.*.part*"):
+                stale.unlink(missing_ok=True)
+
+
 def process_unit(
     unit: T1wUnit,
     backend: PreprocBackend,
@@ -217,6 +232,7 @@ def process_unit(
     t0 = time.perf_counter()
     result = result if result is not None else UnitResult(unit=unit, ok=False)
 
+    _remove_stale_partials(options.output_dir, unit)
     result.step = "input"
     if backend.name != "derivatives":
         load_t1w(unit.path)  # clear errors for unusable files before any long step

@@ -114,10 +114,13 @@ def _nan_only(p: Path) -> None:
 
 
 def _singular_affine(p: Path) -> None:
-    img = nib.load(p)
-    aff = img.affine.copy()
-    aff[:3, 2] = 0
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), aff), p)
+    """Patch the header bytes (nibabel refuses to write it): sform row z = 0, so no inverse exists."""
+    import struct
+
+    raw = bytearray(gzip.decompress(p.read_bytes()))
+    struct.pack_into("<hh", raw, 252, 0, 1)  # qform_code 0, sform_code 1
+    struct.pack_into("<4f", raw, 312, 0.0, 0.0, 0.0, 0.0)  # srow_z
+    p.write_bytes(gzip.compress(bytes(raw)))
 
 
 BREAKERS = {"zero": _zero_byte, "trunc": _truncated, "gzip": _corrupt_gzip, "fourd": _four_d,
