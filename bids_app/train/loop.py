@@ -24,7 +24,7 @@ from torch import nn
 
 from .._io import atomic_path
 
-__all__ = ["OptimConfig", "TrainResult", "train_network", "evaluate", "resolve_device", "set_trainable"]
+__all__ = ["OptimConfig", "TrainResult", "train_network", "evaluate", "resolve_device", "set_trainable", "recalibrate_batchnorm"]
 
 _log = logging.getLogger("bids_app.train")
 
@@ -89,6 +89,37 @@ def _frozen_eval(net: nn.Module) -> None:
         params = list(mod.parameters(recurse=False))
         if params and not any(p.requires_grad for p in params):
             mod.eval()
+
+
+def recalibrate_batchnorm(net: nn.Module, x: np.ndarray, device: torch.device, batch_size: int) -> None:
+    """Replace the BatchNorm running statistics by their average over ``x`` (train-mode batches).
+
+    Why: Keras-style BatchNorm (momentum 0.99) needs hundreds of updates before its moving
+    averages describe the data; short runs on small cohorts would be evaluated with statistics
+    still near their initial values. A pass over the training data with a cumulative average
+    (momentum 1/(t+1) at batch t) gives the population statistics of the current weights.
+    BatchNorm layers whose parameters are frozen keep theirs.
+    """
+    bns = [m for m in net.modules() if hasattr(m, "running_mean") and hasattr(m, "momentum")
+           and any(p.requires_grad for p in m.parameters(recurse=False))]
+    if not bns or len(x) == 0:
+        return
+    saved = [m.momentum for m in bns]
+    was_training = net.training
+    net.eval()
+    for m in bns:
+        m.train()
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+    with torch.no_grad():
+        for t, idx in enumerate(_batches(len(x), batch_size, None)):
+            for m in bns:
+                keras_style = isinstance(m.momentum, float) and not isinstance(m, nn.modules.batchnorm._BatchNorm)
+                m.momentum = (1.0 - 1.0 / (t + 1)) if keras_style else 1.0 / (t + 1)
+            net(_to_device(x, idx, device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.train(was_training)
 
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
@@ -187,6 +218,7 @@ def train_network(
             sched.step()
             loss_sum += loss.item() * len(idx)
         train_loss = loss_sum / len(x_train)
+        recalibrate_batchnorm(net, x_train, device, max(config.batch_size, 4))
         if len(x_val):
             scores, val_loss = evaluate(net, x_val, y_val, device)
             val_acc = float(((scores >= 0.5) == (np.asarray(y_val) > 0.5)).mean())
