@@ -27,6 +27,7 @@ the same dataset whatever the number of worker processes.
 from __future__ import annotations
 
 import logging
+import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -181,7 +182,7 @@ def draw_subjects(participants: int, site_list: list[SiteParams], seed: int) -> 
                 mtl_gm_loss=round(float(np.clip(0.45 * severity + rng.normal(0, 0.02), 0, 0.6)), 4),
                 global_gm_loss=round(float(np.clip(0.0025 * (age - 60), 0, 0.1)), 4),
                 ventricle_expansion=round(float(0.12 * severity + 0.002 * max(age - 60, 0)), 4),
-                warp_mm=round(float(rng.uniform(1.5, 3.0)), 3),
+                warp_mm=round(float(rng.uniform(1.0, 2.0)), 3),
             )
         )
     return subjects
@@ -249,7 +250,7 @@ def _make_warp(tmpl: TemplateAnatomy, subj: SubjectParams, rng: np.random.Genera
     affine[:3, 3] = origin
     pts = _grid_points(shape, affine).reshape(3, *shape)
 
-    sigma = 12.0 / _GRID_MM
+    sigma = 20.0 / _GRID_MM  # smooth enough that local volume changes stay realistic (det J SD ~0.1)
     u = np.empty((3, *shape), dtype=np.float32)
     for k in range(3):
         field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
@@ -341,7 +342,7 @@ def _save_nifti(path: Path, img: nib.Nifti1Image) -> None:
         nib.save(img, tmp)
 
 
-def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: int) -> dict[str, Any]:
+def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False) -> dict[str, Any]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index]))
     tmpl = template_anatomy()
     warp = _make_warp(tmpl, subj, rng)
@@ -357,27 +358,6 @@ def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: in
     csf_s = (tmpl.csf + tmpl.gm - gm_s).astype(np.float32)
     t1_t = (site.gm_contrast * gm_s + tmpl.wm + site.csf_contrast * csf_s + tmpl.head).astype(np.float32)
 
-    # Native acquisition: for each voxel x, y = z + v(z) with z = M^-1 x.
-    shape_n, aff_n = _native_grid(tmpl, site, m)
-    x = _grid_points(shape_n, aff_n)
-    m_inv = np.linalg.inv(m).astype(np.float32)
-    z = m_inv[:3, :3] @ x
-    z += m_inv[:3, 3:4]
-    del x
-    zc = _to_vox(warp.affine, z)
-    for k in range(3):
-        z[k] += _interp(warp.v[k], zc)
-    del zc
-    yc = _to_vox(tmpl.affine, z)
-    del z
-    t1 = _interp(t1_t, yc).reshape(shape_n)
-    gm_native = _interp(gm_s, yc).reshape(shape_n)
-    del yc
-    t1 *= _bias(shape_n, site.bias_amplitude, rng)
-    sd = site.noise_sd
-    t1 = np.sqrt((t1 + rng.normal(0, sd, shape_n).astype(np.float32)) ** 2 + rng.normal(0, sd, shape_n).astype(np.float32) ** 2)
-    t1 = np.clip(np.round(t1 * 1000.0 * site.gain), 0, 32767).astype(np.int16)
-
     # Truth on the SPM grid: GMD = GM_s(y); GMV = GMD * det(M) * det(I + du/dy).
     spm_pts = _grid_points(SPM_SHAPE, SPM_AFFINE)
     gmd = _sample(gm_s, tmpl.affine, spm_pts).reshape(SPM_SHAPE)
@@ -386,35 +366,7 @@ def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: in
     mtl = _sample(tmpl.mtl_weight, tmpl.affine, spm_pts).reshape(SPM_SHAPE)
 
     pid = subj.participant_id
-    anat = out / pid / "anat"
-    img = nib.Nifti1Image(t1, aff_n)
-    img.header.set_xyzt_units("mm")
-    img.header.set_qform(aff_n, code=1)
-    img.header.set_sform(aff_n, code=1)
-    _save_nifti(anat / f"{pid}_T1w.nii.gz", img)
-    write_json(
-        anat / f"{pid}_T1w.json",
-        {
-            "Manufacturer": site.manufacturer,
-            "ManufacturersModelName": site.model,
-            "MagneticFieldStrength": site.field_strength,
-            "InstitutionName": f"Synthetic site {site.site}",
-            "RepetitionTime": site.repetition_time,
-            "InversionTime": site.inversion_time,
-            "EchoTime": site.echo_time,
-            "FlipAngle": site.flip_angle,
-        },
-    )
-
     paths = truth_paths(out, pid)
-    gimg = nib.Nifti1Image(np.round(gm_native * 1000).astype(np.int16), aff_n)
-    gimg.header.set_slope_inter(1e-3, 0.0)
-    gimg.header.set_xyzt_units("mm")
-    _save_nifti(paths["gm_native"], gimg)
-    write_json(
-        paths["gm_native"].with_name(paths["gm_native"].name.replace(".nii.gz", ".json")),
-        {"Description": "True GM probability on the T1w's own voxel grid (what the T1w was made from)."},
-    )
     common = {
         "Sources": [f"bids:raw:{pid}/anat/{pid}_T1w.nii.gz"],
         "Template": TEMPLATE_NAME,
@@ -461,14 +413,72 @@ def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: in
             "VentricleExpansion": subj.ventricle_expansion,
         },
     )
-    native_gm_ml = float(gm_native.sum() * abs(np.linalg.det(aff_n[:3, :3])) / 1000.0)
+    native_gm_ml, native_shape = (math.nan, "n/a") if maps_only else _write_native(out, site, subj, tmpl, warp, m, t1_t, gm_s, rng)
     return {
         "participant_id": pid,
         "native_gm_volume_ml": round(native_gm_ml, 3),
         "truth_gmv_total_ml": round(float(gmv.sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
         "truth_mtl_gmv_ml": round(float(gmv[mtl >= 0.5].sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
-        "native_shape": "x".join(map(str, shape_n)),
+        "native_shape": native_shape,
     }
+
+
+def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: TemplateAnatomy, warp: _Warp, m: np.ndarray,
+                  t1_t: np.ndarray, gm_s: np.ndarray, rng: np.random.Generator) -> tuple[float, str]:
+    """Acquire the T1w (and the true native GM map) on the site's voxel grid; return (GM mL, shape)."""
+    # Native acquisition: for each voxel x, y = z + v(z) with z = M^-1 x.
+    shape_n, aff_n = _native_grid(tmpl, site, m)
+    x = _grid_points(shape_n, aff_n)
+    m_inv = np.linalg.inv(m).astype(np.float32)
+    z = m_inv[:3, :3] @ x
+    z += m_inv[:3, 3:4]
+    del x
+    zc = _to_vox(warp.affine, z)
+    for k in range(3):
+        z[k] += _interp(warp.v[k], zc)
+    del zc
+    yc = _to_vox(tmpl.affine, z)
+    del z
+    t1 = _interp(t1_t, yc).reshape(shape_n)
+    gm_native = _interp(gm_s, yc).reshape(shape_n)
+    del yc
+    t1 *= _bias(shape_n, site.bias_amplitude, rng)
+    sd = site.noise_sd
+    t1 = np.sqrt((t1 + rng.normal(0, sd, shape_n).astype(np.float32)) ** 2 + rng.normal(0, sd, shape_n).astype(np.float32) ** 2)
+    t1 = np.clip(np.round(t1 * 1000.0 * site.gain), 0, 32767).astype(np.int16)
+
+    pid = subj.participant_id
+    anat = out / pid / "anat"
+    img = nib.Nifti1Image(t1, aff_n)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(aff_n, code=1)
+    img.header.set_sform(aff_n, code=1)
+    _save_nifti(anat / f"{pid}_T1w.nii.gz", img)
+    write_json(
+        anat / f"{pid}_T1w.json",
+        {
+            "Manufacturer": site.manufacturer,
+            "ManufacturersModelName": site.model,
+            "MagneticFieldStrength": site.field_strength,
+            "InstitutionName": f"Synthetic site {site.site}",
+            "RepetitionTime": site.repetition_time,
+            "InversionTime": site.inversion_time,
+            "EchoTime": site.echo_time,
+            "FlipAngle": site.flip_angle,
+        },
+    )
+
+    paths = truth_paths(out, pid)
+    gimg = nib.Nifti1Image(np.round(gm_native * 1000).astype(np.int16), aff_n)
+    gimg.header.set_slope_inter(1e-3, 0.0)
+    gimg.header.set_xyzt_units("mm")
+    _save_nifti(paths["gm_native"], gimg)
+    write_json(
+        paths["gm_native"].with_name(paths["gm_native"].name.replace(".nii.gz", ".json")),
+        {"Description": "True GM probability on the T1w's own voxel grid (what the T1w was made from)."},
+    )
+    native_gm_ml = float(gm_native.sum() * abs(np.linalg.det(aff_n[:3, :3])) / 1000.0)
+    return native_gm_ml, "x".join(map(str, shape_n))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,6 +520,7 @@ def simulate_dataset(
     seed: int,
     nprocs: int = 1,
     progress: bool = False,
+    maps_only: bool = False,
 ) -> Path:
     """Write a synthetic BIDS dataset with ground truth to ``out`` and return ``out``.
 
@@ -521,6 +532,8 @@ def simulate_dataset(
     seed : every random draw derives from it: same seed, same dataset.
     nprocs : worker processes (results do not depend on it).
     progress : show a progress bar.
+    maps_only : write only the ground truth and the participants table, no T1w (several times
+        faster; for training on the true SPM-grid maps). The truth is identical to a full run's.
     """
     if participants < 1:
         raise UsageError(f"--participants must be >= 1, got {participants}")
@@ -539,7 +552,7 @@ def simulate_dataset(
     by_site = {s.site: s for s in site_list}
     tmpl = template_anatomy()  # built before forking so workers share it
 
-    jobs = [(out, by_site[s.site], s, seed) for s in subjects]
+    jobs = [(out, by_site[s.site], s, seed, maps_only) for s in subjects]
     if nprocs > 1:
         with ProcessPoolExecutor(max_workers=nprocs) as pool:
             futures = [pool.submit(_simulate_subject, *j) for j in jobs]
@@ -565,7 +578,9 @@ def simulate_dataset(
         "Heads are built from real template anatomy (nilearn MNI152 2009 tissue maps; "
         f"non-brain: {tmpl.sources['Head']}) with random deformations, sex-dependent head size, "
         "MMSE-graded medial temporal atrophy and ventricular enlargement, and per-site scanner effects.\n"
-        "Ground truth: derivatives/ground-truth/. No real person's data; "
+        "Ground truth: derivatives/ground-truth/. "
+        + ("Maps only: no T1w images were written (training data for the true maps). " if maps_only else "")
+        + "No real person's data; "
         + RESEARCH_USE_NOTICE
         + "\n",
     )
