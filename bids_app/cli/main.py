@@ -56,15 +56,8 @@ def _run_subcommand(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="vbm-predict")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
-    seen = set()
     for module_name in dict.fromkeys(SUBCOMMANDS.values()):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
-            continue
-        if module_name not in seen:
-            module.add_parser(sub)
-            seen.add(module_name)
+        importlib.import_module(module_name).add_parser(sub)
     args = parser.parse_args(argv)
     setup_logging(max(args.verbose, 1))
     return int(args.func(args))
