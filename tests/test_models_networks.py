@@ -167,3 +167,18 @@ def test_batchnorm_folding_is_exact():
     assert torch.allclose(a, b, atol=1e-5)
     # the original network is untouched
     assert any(n.op == "batchnorm" for n in net.nodes)
+
+
+def test_public_api_surface():
+    import bids_app.models as m
+
+    for name in ("build_network", "save_package", "load_package", "find_packages", "ModelPackage", "predict",
+                 "import_keras", "read_keras_h5", "ARCHITECTURES"):
+        assert name in m.__all__ and hasattr(m, name)
+    import sys
+
+    import subprocess
+
+    code = "import sys, bids_app.models; print('tensorflow' in sys.modules, 'bids' in sys.modules, 'bids_app.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "False"]

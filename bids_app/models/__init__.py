@@ -21,6 +21,7 @@ from .package import (
     save_package,
     validate_card,
 )
+from .keras_import import KerasImportError, import_keras, read_keras_h5
 from .predict import PRECISIONS, default_precision, predict
 
 __all__ = [
@@ -31,16 +32,19 @@ __all__ = [
     "GraphNet",
     "IRV2Net",
     "KerasBatchNorm3d",
+    "KerasImportError",
     "ModelPackage",
     "Node",
     "SameConv3d",
     "build_network",
     "default_precision",
     "find_packages",
+    "import_keras",
     "input_spec",
     "load_package",
     "network_from_architecture",
     "predict",
+    "read_keras_h5",
     "save_package",
     "validate_card",
 ]
