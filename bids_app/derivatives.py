@@ -65,9 +65,9 @@ BIDSIGNORE = [
 PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
     "participant_id": {"Description": "Participant label with its sub- prefix."},
     "session_id": {"Description": "Session label with its ses- prefix; n/a without sessions."},
-    "run": {"Description": "Run index of the T1w (run- entity); n/a when the name has none."},
+    "run_id": {"Description": "Run index of the T1w (run- entity); n/a when the name has none."},
     "source_file": {"Description": "The T1w file, relative to the input BIDS dataset."},
-    "task": {
+    "target": {
         "Description": "What the model predicts.",
         "Levels": {"sex": "biological sex (score = P(male))", "ad": "Alzheimer's disease (score = P(AD))"},
     },
@@ -78,7 +78,7 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
         "Description": "True when the model was trained on synthetic data only (demo models): not for any real use."
     },
     "score": {"Description": "Mean over folds of the sigmoid output (0..1).", "Units": "probability"},
-    "label": {
+    "predicted_label": {
         "Description": "Predicted class: score >= threshold.",
         "Levels": {"male": "sex model", "female": "sex model", "AD": "AD model", "CN": "AD model"},
     },
@@ -114,8 +114,8 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
 
 #: columns of the predictions tables that hold text (kept as strings when read back)
 _TEXT_PREDICTION_COLUMNS = (
-    "participant_id", "session_id", "run", "source_file", "task", "model_name", "model_version",
-    "model_sha256", "label", "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
+    "participant_id", "session_id", "run_id", "source_file", "target", "model_name", "model_version",
+    "model_sha256", "predicted_label", "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
     "warnings", "notice",
 )
 

@@ -107,7 +107,11 @@ def to_grid(
 def _template_probabilities() -> tuple[np.ndarray, np.ndarray]:
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template
 
-    brain = to_grid(load_mni152_brain_mask(resolution=1, threshold=0.0))
+    import warnings
+
+    with warnings.catch_warnings():  # the binary mask is resampled linearly on purpose, then thresholded
+        warnings.filterwarnings("ignore", message="Resampling binary images")
+        brain = to_grid(load_mni152_brain_mask(resolution=1, threshold=0.0))
     gm = to_grid(load_mni152_gm_template(resolution=1))
     brain.setflags(write=False)
     gm.setflags(write=False)

@@ -95,7 +95,7 @@ def _metric_columns() -> dict[str, dict[str, Any]]:
 
 #: Every column of ``group_evaluation.tsv``: name -> description. One row per (model, subset).
 EVALUATION_COLUMNS: dict[str, dict[str, Any]] = {
-    "task": dict(PREDICTION_COLUMNS["task"]),
+    "target": dict(PREDICTION_COLUMNS["target"]),
     "model_name": dict(PREDICTION_COLUMNS["model_name"]),
     "model_version": dict(PREDICTION_COLUMNS["model_version"]),
     "subset": {
@@ -163,12 +163,39 @@ class GroupSummary:
 
     @property
     def n_images(self) -> int:
-        cols = [c for c in ("participant_id", "session_id", "run", "source_file") if c in self.predictions]
+        cols = [c for c in ("participant_id", "session_id", "run_id", "source_file") if c in self.predictions]
         return int(len(self.predictions[cols].drop_duplicates())) if len(self.predictions) else 0
 
     @property
     def n_participants(self) -> int:
         return int(self.predictions["participant_id"].nunique()) if len(self.predictions) else 0
+
+    @property
+    def exit_code(self) -> int:
+        """0: the group level itself succeeded (participant failures were reported by that level)."""
+        return 0
+
+    def text(self) -> str:
+        """A few lines for the terminal: what was read, what was evaluated, where the files are."""
+        lines = [
+            f"Group level: {self.n_images} T1w from {self.n_participants} participants with predictions; "
+            f"{len(self.failures)} T1w failed at the participant level.",
+        ]
+        for f in self.failures:
+            lines.append(f"  failed: {f.path.relative_to(self.output_dir)}: {f.reason}")
+        if self.evaluation is not None and len(self.evaluation):
+            for _, r in self.evaluation[self.evaluation["subset"] == "all"].iterrows():
+                auc = "n/a" if pd.isna(r["roc_auc"]) else f"{r['roc_auc']:.3f}"
+                bac = "n/a" if pd.isna(r["balanced_accuracy"]) else f"{r['balanced_accuracy']:.3f}"
+                lines.append(
+                    f"  {r['target']} {r['model_name']}: AUC {auc}, balanced accuracy {bac} "
+                    f"({r['n_labelled']} labelled, {r['n_unlabelled']} unlabelled, {r['n_other_class']} other class)"
+                )
+        else:
+            lines.append("  not evaluated (no usable labels in participants.tsv, or no predictions)")
+        written = [self.predictions_path, self.evaluation_path, *self.figure_paths, self.report_path]
+        lines.append("Outputs: " + ", ".join(str(p.relative_to(self.output_dir)) for p in written if p) + f" in {self.output_dir}")
+        return "\n".join(lines)
 
 
 def _is_output_file(path: Path, output_dir: Path) -> bool:
@@ -187,14 +214,14 @@ def collect_predictions(output_dir: Path) -> pd.DataFrame:
             table = read_predictions(path)
         except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise InputDataError(f"{path}: cannot be read as a predictions table ({exc})") from exc
-        missing = [c for c in ("participant_id", "task", "model_name", "score") if c not in table.columns]
+        missing = [c for c in ("participant_id", "target", "model_name", "score") if c not in table.columns]
         if missing:
             raise InputDataError(f"{path}: predictions table lacks the columns {missing}")
         tables.append(table.reindex(columns=list(PREDICTION_COLUMNS)))
     if not tables:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in PREDICTION_COLUMNS})
     table = pd.concat(tables, ignore_index=True)
-    keys = ["participant_id", "session_id", "run", "source_file", "task", "model_name"]
+    keys = ["participant_id", "session_id", "run_id", "source_file", "target", "model_name"]
     return table.sort_values(keys, na_position="first", kind="stable").reset_index(drop=True)
 
 
@@ -219,7 +246,11 @@ def collect_failures(output_dir: Path) -> tuple[FailureRecord, ...]:
             record = {"unreadable": str(exc)}
         if not isinstance(record, dict):
             record = {"record": record}
-        reason = next((str(record[k]) for k in ("reason", "error", "message", "exception") if k in record), "")
+        reason = next((str(record[k]) for k in ("reason", "error", "message", "exception") if record.get(k)), "")
+        if reason and record.get("error_type") and str(record["error_type"]) not in reason:
+            reason = f"{record['error_type']}: {reason}"
+        if reason and record.get("step"):
+            reason = f"at {record['step']}: {reason}"
         participant = path.relative_to(output_dir).parts[0]
         out.append(FailureRecord(path=path, participant_id=participant, reason=reason or "no reason recorded", record=record))
     return tuple(out)
@@ -236,7 +267,7 @@ def participant_scores(predictions: pd.DataFrame, *, validated_only: bool) -> pd
     Columns: task, model_name, model_version, participant_id, score, n_images,
     n_images_not_validated, threshold.
     """
-    keys = ["task", "model_name", "model_version"]
+    keys = ["target", "model_name", "model_version"]
     cols = keys + ["participant_id", "score", "n_images", "n_images_not_validated", "threshold"]
     if predictions.empty:
         return pd.DataFrame(columns=cols)
@@ -279,20 +310,24 @@ def _model_threshold(model_rows: pd.DataFrame) -> float:
 def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFrame:
     """The evaluation table (columns :data:`EVALUATION_COLUMNS`, in order) for every model."""
     rows: list[dict[str, Any]] = []
-    all_scores = participant_scores(predictions, validated_only=False)
-    models = all_scores[["task", "model_name", "model_version"]].drop_duplicates().itertuples(index=False)
+    by_subset = {
+        "validated": participant_scores(predictions, validated_only=True),
+        "all": participant_scores(predictions, validated_only=False),
+    }
+    all_scores = by_subset["all"]
+    models = all_scores[["target", "model_name", "model_version"]].drop_duplicates().itertuples(index=False)
     for task, model_name, model_version in models:
         if task not in TASK_CLASSES:
             logger.warning("model %s: task %r has no labels to evaluate against; skipped", model_name, task)
             continue
         label_col, positive, negative = TASK_CLASSES[task]
         for subset in ("validated", "all"):
-            scores = participant_scores(predictions, validated_only=(subset == "validated"))
+            scores = by_subset[subset]
             scores = scores[
-                (scores["task"] == task) & (scores["model_name"] == model_name) & (scores["model_version"] == model_version)
+                (scores["target"] == task) & (scores["model_name"] == model_name) & (scores["model_version"] == model_version)
             ]
             model_rows = all_scores[
-                (all_scores["task"] == task)
+                (all_scores["target"] == task)
                 & (all_scores["model_name"] == model_name)
                 & (all_scores["model_version"] == model_version)
             ]
@@ -307,7 +342,7 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels) -> pd.DataFra
             point = binary_metrics(y, s, threshold)
             ci = subsample_intervals(y, s, threshold, n_resamples=_N_RESAMPLES, fraction=_FRACTION, seed=_SEED)
             row: dict[str, Any] = {
-                "task": task,
+                "target": task,
                 "model_name": model_name,
                 "model_version": model_version,
                 "subset": subset,
@@ -351,7 +386,7 @@ def _write_figures(output_dir: Path, predictions: pd.DataFrame, labels: Particip
     scores = participant_scores(predictions, validated_only=False)
     written: list[Path] = []
     curves, panels, mmse_panels = [], [], []
-    for (task, name, version), rows in scores.groupby(["task", "model_name", "model_version"], sort=True):
+    for (task, name, version), rows in scores.groupby(["target", "model_name", "model_version"], sort=True):
         if task not in TASK_CLASSES:
             continue
         label_col, positive, negative = TASK_CLASSES[task]
@@ -421,6 +456,8 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
         evaluation = evaluate(predictions, labels)
         eval_path = write_table(output_dir / GROUP_EVALUATION, evaluation, EVALUATION_COLUMNS)
         figure_paths = _write_figures(output_dir, predictions, labels)
+    elif predictions.empty:
+        logger.info("no predictions to evaluate")
     else:
         logger.info("no labels in %s: predictions are not evaluated", bids_dir / "participants.tsv")
     _remove_stale(output_dir, keep={pred_path, *([eval_path] if eval_path else []), *figure_paths})

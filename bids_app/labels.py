@@ -209,7 +209,8 @@ def _code_key(value: Any) -> str:
     """Normalised cell text, with ``1.0`` read as ``1`` (pandas may have parsed codes as floats)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
-    return _normalise(value)
+    text = _normalise(value)
+    return re.sub(r"^(-?\d+)\.0+$", r"\1", text)
 
 
 def _parse_column(

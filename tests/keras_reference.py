@@ -8,11 +8,14 @@ code leaves unnamed are left unnamed here too, so Keras numbers them itself.
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["build_keras", "randomise_bn"]
+__all__ = ["build_keras", "randomise_bn", "to_keras224"]
 
 
 def build_keras(
@@ -138,3 +141,93 @@ def randomise_bn(model: Any, seed: int = 0) -> None:
         elif type(layer).__name__ == "Conv3D" and layer.use_bias:
             k, b = layer.get_weights()
             layer.set_weights([k, rng.normal(0.0, 0.05, b.shape).astype("float32")])
+
+
+_AUTO = re.compile(r"^(conv3d|batch_normalization|activation|max_pooling3d|average_pooling3d|concatenate|dense|dropout|flatten|add)(?:_(\d+))?$")
+
+
+def to_keras224(src: str | Path, dst: str | Path) -> None:
+    """Rewrite a tf-keras 2.x full-model H5 file the way Keras 2.2.4 (TF 1.13) wrote them.
+
+    Differences reproduced (from Keras 2.2.4's ``saving.py`` / layer ``get_config`` behaviour):
+    model class ``Model``; auto layer names numbered from 1 (``conv3d_1``; tf-keras starts at
+    ``conv3d``); ``input_1``; no ``dtype`` in layer configs; no ``groups``/``keepdims``; BN ``axis``
+    an int; initializers without ``module``/``registered_name``; Lambda ``function`` as
+    ``[code, defaults, closure]`` with ``function_type: lambda``; every attribute and name stored
+    as bytes (h5py reads them back as ``bytes``/``np.bytes_``); ``training_config`` and an
+    ``optimizer_weights`` group as written for a compiled model.
+    """
+    import h5py
+
+    with h5py.File(src, "r") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        weights = {}
+        order = [str(n) for n in f["model_weights"].attrs["layer_names"]]
+        for ln in order:
+            g = f["model_weights"][ln]
+            weights[ln] = [(str(w), np.asarray(g[w][()])) for w in g.attrs["weight_names"]]
+    rename: dict[str, str] = {}
+    for layer in cfg["config"]["layers"]:
+        name = layer["name"]
+        if layer["class_name"] == "InputLayer":
+            rename[name] = "input_1"
+            continue
+        m = _AUTO.match(name)
+        rename[name] = f"{m.group(1)}_{int(m.group(2) or 0) + 1}" if m else name
+
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in ("module", "registered_name")}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    layers = []
+    for layer in cfg["config"]["layers"]:
+        c = strip(layer["config"])
+        new_name = rename[layer["name"]]
+        c["name"] = new_name
+        if layer["class_name"] == "InputLayer":
+            c = {"batch_input_shape": c["batch_input_shape"], "dtype": "float32", "sparse": False, "name": new_name}
+        else:
+            for k in ("dtype", "groups", "keepdims"):
+                c.pop(k, None)
+        if layer["class_name"] == "BatchNormalization" and isinstance(c.get("axis"), list):
+            c["axis"] = c["axis"][0]
+        if layer["class_name"] == "Lambda":
+            c["function"] = [c["function"][0] if isinstance(c["function"], list) else "4wIAAAA=\n", None, None]
+            c["function_type"] = "lambda"
+            c["output_shape_type"] = "raw"
+            c.pop("output_shape_module", None)
+        inbound = [[[rename[r[0]], r[1], r[2], r[3] if len(r) > 3 else {}] for r in node] for node in layer["inbound_nodes"]]
+        layers.append({"name": new_name, "class_name": layer["class_name"], "config": c, "inbound_nodes": inbound})
+    body = {
+        "name": "model_1",
+        "layers": layers,
+        "input_layers": [[rename[r[0]], r[1], r[2]] for r in cfg["config"]["input_layers"]],
+        "output_layers": [[rename[r[0]], r[1], r[2]] for r in cfg["config"]["output_layers"]],
+    }
+    new_cfg = {"class_name": "Model", "config": body}
+    training = {"optimizer_config": {"class_name": "SGD", "config": {"lr": 0.0003, "momentum": 0.9, "decay": 0.001, "nesterov": True}},
+                "loss": "binary_crossentropy", "metrics": ["accuracy"], "sample_weight_mode": None, "loss_weights": None}
+    with h5py.File(dst, "w") as f:
+        f.attrs["keras_version"] = b"2.2.4"
+        f.attrs["backend"] = b"tensorflow"
+        f.attrs["model_config"] = json.dumps(new_cfg).encode("utf-8")
+        f.attrs["training_config"] = json.dumps(training).encode("utf-8")
+        mw = f.create_group("model_weights")
+        mw.attrs["layer_names"] = np.array([rename[n].encode("utf-8") for n in order])
+        mw.attrs["backend"] = b"tensorflow"
+        mw.attrs["keras_version"] = b"2.2.4"
+        for ln in order:
+            g = mw.create_group(rename[ln])
+            names = []
+            for wname, arr in weights[ln]:
+                suffix = wname.split("/", 1)[1]
+                new_w = f"{rename[ln]}/{suffix}"
+                g.create_dataset(new_w, data=arr)
+                names.append(new_w.encode("utf-8"))
+            g.attrs["weight_names"] = np.array(names, dtype="S") if names else np.array([], dtype="S1")
+        opt = f.create_group("optimizer_weights")
+        opt.attrs["weight_names"] = np.array([b"training/SGD/Variable:0"])
+        opt.create_dataset("training/SGD/Variable:0", data=np.zeros(3, dtype=np.float32))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_group_fixtures import init_output, make_bids, make_unit, prediction_row, write_maps, write_unit
+from .test_group_fixtures import init_output, make_bids, make_unit, prediction_row, write_maps, write_unit
 
 from bids_app._io import write_json
 from bids_app.derivatives import PREDICTION_COLUMNS, failure_path, predictions_path
@@ -90,7 +90,7 @@ def cohort(tmp_path_factory):
 
 
 def _row(table: pd.DataFrame, task: str, subset: str) -> pd.Series:
-    rows = table[(table["task"] == task) & (table["subset"] == subset)]
+    rows = table[(table["target"] == task) & (table["subset"] == subset)]
     assert len(rows) == 1
     return rows.iloc[0]
 
@@ -106,16 +106,19 @@ def test_group_predictions_concatenate_every_participant_sorted(cohort):
     assert len(table) == 2 * len(IMAGES)
     assert list(table.columns) == list(PREDICTION_COLUMNS)
     assert table["model_version"].unique().tolist() == ["1.10"]  # text stays text, not the float 1.1
-    keys = list(zip(table["participant_id"], table["session_id"], table["run"], table["task"]))
+    keys = list(zip(table["participant_id"], table["session_id"], table["run_id"], table["target"]))
     assert keys == sorted(keys)
     assert (table["score"].astype(float) == 0.01).sum() == 0  # the decoy inside bids_dir was not read
     assert summary.n_images == 9 and summary.n_participants == 7
-    assert set(table[table["participant_id"] == "sub-06"]["run"]) == {"1", "2"}
+    assert set(table[table["participant_id"] == "sub-06"]["run_id"]) == {"1", "2"}
 
 
 def test_failures_are_counted_stale_ones_ignored(cohort):
     _, out, summary = cohort
-    assert [(f.participant_id, f.reason) for f in summary.failures] == [("sub-08", "corrupt gzip: sub-08_T1w.nii.gz")]
+    assert [(f.participant_id, f.reason) for f in summary.failures] == [("sub-08", "at load: corrupt gzip: sub-08_T1w.nii.gz")]
+    text = summary.text()
+    assert "9 T1w from 7 participants" in text and "1 T1w failed" in text and "corrupt gzip" in text
+    assert "ad test-ad: AUC 0.833" in text and "group_evaluation.tsv" in text and summary.exit_code == 0
 
 
 def test_ad_evaluation_matches_hand_computation(cohort):
@@ -248,16 +251,6 @@ def test_output_with_group_files_passes_the_bids_validator(tmp_path):
     assert predictions_path(out, unit).exists()
 
 
-@pytest.mark.xfail(
-    raises=Exception,
-    strict=True,
-    reason=(
-        "derivatives.PREDICTION_COLUMNS names columns after BIDS entities ('run', 'task', 'label'); pybids reads "
-        "the column-describing sidecars (per-T1w *_predictions.json, and group_predictions.json, which pybids "
-        "inherits onto every *_predictions.tsv) as metadata and raises BIDSConflictingValuesError for any T1w "
-        "with a run- entity; remove this marker once the columns are renamed (e.g. run_id, target, predicted_label)"
-    ),
-)
 def test_pybids_indexes_the_output_with_group_files(tmp_path):
     import bids
 
@@ -265,6 +258,26 @@ def test_pybids_indexes_the_output_with_group_files(tmp_path):
     run_group_level(bids_dir, out, report=False)
     layout = bids.BIDSLayout(out, validate=False, is_derivative=True)
     files = layout.get(suffix="predictions", extension=".tsv")
-    assert len(files) == len(IMAGES)
+    per_image = [f for f in files if f.entities.get("subject")]
+    assert len(per_image) == len(IMAGES)
+    assert [f.filename for f in files if not f.entities.get("subject")] == ["group_predictions.tsv"]
     assert layout.get(subject="06", run=1, suffix="predictions", extension=".tsv")
     assert layout.get_tasks() == []  # no column description mistaken for a task label
+
+
+def test_only_failures_gives_empty_table_and_a_report_listing_them(tmp_path):
+    bids = make_bids(tmp_path / "bids", PARTICIPANTS)
+    out = init_output(tmp_path / "out", bids)
+    # the record the participant workflow writes (bids_app.workflows._record_failure)
+    write_json(
+        failure_path(out, make_unit(bids, "01", "1")),
+        {"participant_id": "sub-01", "session_id": "ses-1", "step": "load", "error_type": "InputDataError",
+         "message": "4D image: sub-01_ses-1_T1w.nii.gz", "exit_code": 65},
+    )
+    summary = run_group_level(bids, out)
+    assert summary.n_images == 0 and summary.evaluation is None
+    assert (out / "group_predictions.tsv").read_text().splitlines() == ["\t".join(PREDICTION_COLUMNS)]
+    assert [f.participant_id for f in summary.failures] == ["sub-01"]
+    text = summary.report_path.read_text()
+    assert summary.failures[0].reason == "at load: InputDataError: 4D image: sub-01_ses-1_T1w.nii.gz"
+    assert "at load: InputDataError: 4D image: sub-01_ses-1_T1w.nii.gz" in text and "not evaluated" in text

@@ -6,7 +6,7 @@ import logging
 import math
 
 import pytest
-from test_group_fixtures import make_bids
+from .test_group_fixtures import make_bids
 
 from bids_app.errors import InputDataError
 from bids_app.labels import parse_diagnosis, parse_sex, read_participant_labels
@@ -76,7 +76,7 @@ def test_table_unknown_values_become_missing_counted_and_logged(tmp_path, caplog
 
 
 def test_numeric_codes_only_with_levels_in_participants_json(tmp_path):
-    tsv = "participant_id\tsex\tgroup\nsub-01\t1\t3\nsub-02\t2\t1\nsub-03\t0\t2\n"
+    tsv = "participant_id\tsex\tgroup\nsub-01\t1\t3\nsub-02\t2.0\t1\nsub-03\t0\t2\n"
     sidecar = {
         "sex": {"Description": "sex", "Levels": {"1": "Male", "2": "Female"}},
         "group": {"Levels": {"1": "healthy control", "2": "MCI", "3": "Alzheimer's disease"}},

@@ -11,8 +11,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from test_group import build_cohort
-from test_group_fixtures import make_unit, prediction_row, write_maps, write_unit
+from .test_group import build_cohort
+from .test_group_fixtures import make_unit, prediction_row, write_maps, write_unit
 
 from bids_app import RESEARCH_USE_NOTICE
 from bids_app._io import write_json

@@ -1,1 +1,1 @@
-"""bids_app.cli"""
+"""Command line: argument parsing and dispatch only; the work is done by the library."""

@@ -569,8 +569,11 @@ def match_graphs(reference: Sequence[Node], other: Sequence[Node]) -> dict[str, 
     return mapping
 
 
-def identify_architecture(model: KerasModel) -> tuple[str, dict[str, Any], dict[str, str]] | None:
+def identify_architecture(model: KerasModel, task: str | None = None) -> tuple[str, dict[str, Any], dict[str, str]] | None:
     """Which of our architectures (with which parameters) an imported graph is, or None.
+
+    The sex network and the intact AD network are the same graph; ``task`` ("sex" or "ad")
+    decides which name such a graph gets (without it, ``irv2_sex``).
 
     Returns ``(architecture, params, rename)`` where ``rename`` maps the file's layer names to
     ours. Width is read from the first convolution (64 filters at width 1), block counts from the
@@ -585,7 +588,8 @@ def identify_architecture(model: KerasModel) -> tuple[str, dict[str, Any], dict[
     drop = [n for n in nodes if n.op == "dropout"]
     rate = float(drop[0].config["rate"]) if drop else 0.5
     in_channels = int(model.input_shape[0])
-    for arch in ARCHITECTURES:
+    order = ("irv2_ad_optimised", "irv2_ad_intact", "irv2_sex") if task == "ad" else ARCHITECTURES
+    for arch in order:
         blocks = (counts["35"], counts["17"], max(counts["8"], 1))
         if arch == "irv2_ad_optimised":
             blocks = (5, 10, 5)  # unused by this architecture; record the default
@@ -672,7 +676,7 @@ def import_keras(
     for m in models:
         if tuple(m.input_shape) != want:
             raise KerasImportError(f"{m.path}: input shape (C, D, H, W) {m.input_shape} is not the model input {want}")
-    ident = identify_architecture(first)
+    ident = identify_architecture(first, task)
     states: list[dict[str, torch.Tensor]] = []
     if ident is not None:
         arch_name, params, _ = ident
@@ -681,7 +685,7 @@ def import_keras(
         architecture = {"name": "keras_graph", "params": {"input_shape": list(first.input_shape), "graph": [n.to_dict() for n in first.nodes]}}
     for m in models:
         if ident is not None:
-            again = identify_architecture(m)
+            again = identify_architecture(m, task)
             if again is None or again[0] != ident[0] or again[1] != ident[1]:
                 raise KerasImportError(f"{m.path}: the network differs from {first.path}'s ({ident[0]} {ident[1]}); all folds must be the same network")
             states.append(_renamed_state(m.state_dict, again[2]))

@@ -58,7 +58,10 @@ def _evaluation_section(output_dir: Path) -> str:
     if not path.is_file():
         return html.section(
             "Evaluation",
-            html.notice("participants.tsv had no usable labels (sex, diagnosis, MMSE): predictions are not evaluated."),
+            html.notice(
+                "No evaluation table: participants.tsv had no usable labels (sex, diagnosis, MMSE), or there "
+                "were no predictions; predictions are not evaluated."
+            ),
         )
     table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype={"model_version": "string"})
     sidecar_path = path.with_suffix(".json")
@@ -66,7 +69,7 @@ def _evaluation_section(output_dir: Path) -> str:
     rows = []
     for _, r in table.iterrows():
         row: dict[str, Any] = {
-            "model": f"{r['task']}: {r['model_name']} {'' if pd.isna(r['model_version']) else r['model_version']}",
+            "model": f"{r['target']}: {r['model_name']} {'' if pd.isna(r['model_version']) else r['model_version']}",
             "subset": r["subset"],
             "threshold": r["threshold"],
             "n_participants": int(r["n_participants"]),
@@ -128,8 +131,8 @@ def write_group_report(output_dir: Path) -> Path:
         )
 
     failures = collect_failures(output_dir)
-    images = predictions[["participant_id", "session_id", "run", "source_file"]].drop_duplicates()
-    models = predictions[["task", "model_name", "model_version"]].drop_duplicates()
+    images = predictions[["participant_id", "session_id", "run_id", "source_file"]].drop_duplicates()
+    models = predictions[["target", "model_name", "model_version"]].drop_duplicates()
     overview = {
         "participants with predictions": int(predictions["participant_id"].nunique()),
         "T1w images with predictions": len(images),
@@ -164,11 +167,11 @@ def write_group_report(output_dir: Path) -> Path:
             {
                 "participant_id": r["participant_id"],
                 "session_id": r.get("session_id"),
-                "run": r.get("run"),
-                "task": r["task"],
+                "run_id": r.get("run_id"),
+                "target": r["target"],
                 "model_name": r["model_name"],
                 "score": float(score) if score is not None and not math.isnan(float(score)) else None,
-                "label": r.get("label"),
+                "predicted_label": r.get("predicted_label"),
                 "validated_input": r.get("validated_input"),
                 "qc_pass": r.get("qc_pass"),
                 "report": link,

@@ -35,11 +35,11 @@ NOT_VALIDATED_WARNING = (
 )
 
 _PRED_COLUMNS = [
-    "task",
+    "target",
     "model_name",
     "model_version",
     "score",
-    "label",
+    "predicted_label",
     "threshold",
     "n_folds",
     "fold_scores",
@@ -149,7 +149,7 @@ def write_participant_report(output_dir: Path, unit: T1wUnit) -> Path:
     overview = {
         "participant": f"sub-{unit.subject}",
         "session": f"ses-{unit.session}" if unit.session else "n/a",
-        "run": unit.run or "n/a",
+        "run_id": unit.run or "n/a",
         "source file": first.get("source_file") or unit.path.name,
         "preprocessing backend": first.get("preproc_backend"),
         "backend version": first.get("preproc_backend_version"),

@@ -1,0 +1,136 @@
+"""Quality control of GM maps, the same for every backend.
+
+The reference system (Lu et al., J Big Data 2022) checked each GMV map by its spatial Pearson
+correlation with a grand-mean GMV template and flagged maps below mean - 2 SD of the distribution of
+that correlation over its training data. We do the same with what can be built here, and add checks
+that catch a failed registration directly:
+
+* ``gmv_template_correlation``: Pearson r of the GMV map with :func:`reference_gmv` inside the SPM-grid
+  brain mask. The reference mean GMV is the MNI152 (2009) GM probability on the SPM grid: the MNI152
+  template is itself the mean of 152 brains aligned to that space, and in the template's own space
+  modulation is the identity, so its GM probability is the mean GMV of that population (no real
+  cohort of GMV maps can be shipped). Threshold :data:`GMV_CORRELATION_THRESHOLD` = mean - 2 SD of
+  :data:`REFERENCE_DISTRIBUTION` (how it was measured is recorded there and in docs/preprocessing.md).
+* ``gm_template_dice``: Dice of GMD > 0.5 with the template's GM > 0.5 (a shifted or flipped map
+  loses most of its overlap).
+* ``gm_inside_brain_fraction``: share of the GM density mass inside the template brain mask (a map
+  from a failed registration spills outside the brain).
+* ``total_gmv_ml``: total GM volume (sum of GMV x 1.5^3 mm^3) within a broad adult range.
+* backend metrics when present: ``registration_t1_correlation`` (warped T1 vs template T1),
+  ``modulation_volume_ratio`` (total GMV / native GM volume: the Jacobian bookkeeping),
+  ``jacobian_min`` (a non-positive determinant means a folded warp).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+import numpy as np
+
+from .grid import SPM_SHAPE, SPM_VOXEL_VOLUME_MM3, brain_mask, template_gm
+from .types import GMMaps, QCResult
+
+__all__ = [
+    "REFERENCE_DISTRIBUTION",
+    "GMV_CORRELATION_THRESHOLD",
+    "THRESHOLDS",
+    "reference_gmv",
+    "gmv_template_correlation",
+    "compute_qc",
+]
+
+#: Distribution of ``gmv_template_correlation`` over maps made here by the ANTs backend; see
+#: docs/preprocessing.md ("QC reference distribution") and bench/preproc.py --qc-reference.
+REFERENCE_DISTRIBUTION: dict[str, object] = {
+    "mean": 0.0,
+    "sd": 0.0,
+    "n": 0,
+    "source": "not yet measured",
+}
+
+GMV_CORRELATION_THRESHOLD: float = 0.0
+
+#: metric -> (comparison, bound); a flag is raised when the comparison fails
+THRESHOLDS: dict[str, tuple[str, float]] = {
+    "gmv_template_correlation": (">=", GMV_CORRELATION_THRESHOLD),
+    "gm_template_dice": (">=", 0.5),
+    "gm_inside_brain_fraction": (">=", 0.9),
+    "total_gmv_ml": ("range", 0.0),  # bounds in _GMV_RANGE_ML
+    "registration_t1_correlation": (">=", 0.8),
+    "modulation_volume_ratio": ("range", 0.0),  # bounds in _RATIO_RANGE
+    "jacobian_min": (">", 0.0),
+}
+_GMV_RANGE_ML = (300.0, 1200.0)  # adult GM volumes lie around 450-900 ml; this is a failure check
+_RATIO_RANGE = (0.9, 1.1)
+
+
+@functools.lru_cache(maxsize=1)
+def reference_gmv() -> np.ndarray:
+    """The reference mean GMV template on the SPM grid (read-only float32; see module docstring)."""
+    return template_gm()
+
+
+def gmv_template_correlation(gmv: np.ndarray) -> float:
+    """Pearson r of ``gmv`` with :func:`reference_gmv` over the SPM-grid brain mask."""
+    if gmv.shape != SPM_SHAPE:
+        raise ValueError(f"gmv must be on the SPM grid {SPM_SHAPE}; got {gmv.shape}")
+    mask = brain_mask()
+    a = np.nan_to_num(np.asarray(gmv, dtype=np.float64)[mask])
+    b = np.asarray(reference_gmv(), dtype=np.float64)[mask]
+    if a.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def compute_qc(maps: GMMaps) -> QCResult:
+    """QC metrics, thresholds and failed-check flags for one pair of maps (backend QC merged in)."""
+    gmd = np.nan_to_num(np.asarray(maps.gmd, dtype=np.float64))
+    gmv = np.nan_to_num(np.asarray(maps.gmv, dtype=np.float64))
+    brain = brain_mask()
+    tmpl_gm = reference_gmv() > 0.5
+    seg = gmd > 0.5
+    denom = seg.sum() + tmpl_gm.sum()
+    metrics: dict[str, float] = {str(k): float(v) for k, v in dict(maps.qc).items()}
+    metrics.update(
+        {
+            "gmv_template_correlation": gmv_template_correlation(gmv),
+            "gm_template_dice": float(2.0 * (seg & tmpl_gm).sum() / denom) if denom else 0.0,
+            "gm_inside_brain_fraction": float(gmd[brain].sum() / gmd.sum()) if gmd.sum() > 0 else 0.0,
+            "total_gmv_ml": float(gmv.sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0),
+        }
+    )
+    flags = tuple(_failed(metrics))
+    thresholds = {
+        "gmv_template_correlation": GMV_CORRELATION_THRESHOLD,
+        "gm_template_dice": THRESHOLDS["gm_template_dice"][1],
+        "gm_inside_brain_fraction": THRESHOLDS["gm_inside_brain_fraction"][1],
+        "total_gmv_ml_min": _GMV_RANGE_ML[0],
+        "total_gmv_ml_max": _GMV_RANGE_ML[1],
+        "registration_t1_correlation": THRESHOLDS["registration_t1_correlation"][1],
+        "modulation_volume_ratio_min": _RATIO_RANGE[0],
+        "modulation_volume_ratio_max": _RATIO_RANGE[1],
+    }
+    return QCResult(metrics=metrics, flags=flags, thresholds=thresholds)
+
+
+def _failed(metrics: Mapping[str, float]) -> list[str]:
+    out = []
+    for name, (op, bound) in THRESHOLDS.items():
+        if name not in metrics:
+            continue
+        value = metrics[name]
+        if not np.isfinite(value):
+            out.append(name)
+            continue
+        if name == "total_gmv_ml":
+            ok = _GMV_RANGE_ML[0] <= value <= _GMV_RANGE_ML[1]
+        elif name == "modulation_volume_ratio":
+            ok = _RATIO_RANGE[0] <= value <= _RATIO_RANGE[1]
+        elif op == ">=":
+            ok = value >= bound
+        else:
+            ok = value > bound
+        if not ok:
+            out.append(name)
+    return out

@@ -1,0 +1,118 @@
+"""Shared fixtures: real NIfTI files and BIDS trees made on the fly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def write_t1w(path: Path, *, shape=(48, 56, 48), zooms=(4.0, 4.0, 4.0), seed: int = 0, data: np.ndarray | None = None) -> Path:
+    """A small but real 3D T1w-like image (an ellipsoid 'head' with noise) in RAS+ world space."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        rng = np.random.default_rng(seed)
+        grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+        head = ((grid**2).sum(0) < 0.8).astype(np.float32)
+        data = head * (600 + 50 * rng.standard_normal(shape).astype(np.float32))
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = -np.array(zooms) * (np.array(shape) - 1) / 2
+    img = nib.Nifti1Image(data.astype(np.float32), affine)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, path)
+    return path
+
+
+def make_bids(root: Path, units: Iterable[str], *, participants: list[dict] | None = None, ext: str = ".nii.gz") -> Path:
+    """A BIDS dataset with one T1w per name in ``units`` (e.g. ``sub-01_ses-1``, ``sub-02_run-2``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "test", "BIDSVersion": "1.10.0", "DatasetType": "raw", "Authors": ["Test"]})
+    )
+    (root / "README").write_text("A test dataset made by the vbm-predict tests.\n")
+    (root / "T1w.json").write_text(json.dumps({"MagneticFieldStrength": 3, "Manufacturer": "Test"}))
+    subjects = []
+    for i, name in enumerate(units):
+        ents = dict(part.split("-", 1) for part in name.split("_"))
+        sub = ents["sub"]
+        subjects.append(sub)
+        folder = root / f"sub-{sub}"
+        if "ses" in ents:
+            folder = folder / f"ses-{ents['ses']}"
+        write_t1w(folder / "anat" / f"{name}_T1w{ext}", seed=i)
+    rows = participants or [{"participant_id": f"sub-{s}"} for s in dict.fromkeys(subjects)]
+    cols = list(rows[0])
+    lines = ["\t".join(cols)] + ["\t".join(str(r.get(c, "n/a")) for c in cols) for r in rows]
+    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mni_gm_maps() -> tuple[np.ndarray, np.ndarray]:
+    """Real anatomy on the SPM grid: MNI152 GM probability as GMD and a modulated GMV."""
+    from bids_app.grid import template_gm
+
+    gmd = np.array(template_gm(), dtype=np.float32)
+    return gmd, gmd * np.float32(1.1)
+
+
+def write_grid_map(path: Path, data: np.ndarray) -> Path:
+    from bids_app.grid import SPM_AFFINE
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data.astype(np.float32), SPM_AFFINE), path)
+    return path
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    """(size, mtime_ns, first bytes) of every file below ``root``: to prove nothing changed."""
+    snap = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() or p.is_symlink():
+            st = p.lstat()
+            snap[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, p.read_bytes()[:64] if p.is_file() else b"")
+    return snap
+
+
+def make_tiny_package(out: Path, task: str, *, n_folds: int = 1, seed: int = 0, preprocessing=("clinica",), synthetic: bool = True) -> Path:
+    """A real (randomly initialised, tiny-width) model package written with the app's own writer."""
+    import torch
+
+    from bids_app.models import TASK_LABELS, build_network, input_spec, save_package
+
+    arch = {"name": "irv2_sex" if task == "sex" else "irv2_ad_optimised", "params": {"width": 0.0625, "blocks": [1, 1, 1]}}
+    states = []
+    for k in range(n_folds):
+        torch.manual_seed(seed + k)
+        net = build_network(arch["name"], width=0.0625, blocks=(1, 1, 1))
+        states.append(net.state_dict())
+    pos, neg = TASK_LABELS[task]
+    card = {
+        "name": f"test-{task}",
+        "task": task,
+        "version": "0.0.1",
+        "architecture": arch,
+        "input": input_spec(),
+        "output": {"meaning": f"P({pos})", "activation": "sigmoid", "positive_label": pos, "negative_label": neg},
+        "thresholds": {"default": 0.5},
+        "training": {"data": "random initialisation (tests)", "synthetic": synthetic, "preprocessing": list(preprocessing)},
+        "metrics": [],
+        "licence": "test only",
+    }
+    return save_package(out, card, states)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Path:
+    """A models directory with a 1-fold sex package and a 3-fold AD package (random weights)."""
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_package(root / "sex", "sex", n_folds=1, seed=1)
+    make_tiny_package(root / "ad", "ad", n_folds=3, seed=10)
+    return root
