@@ -22,19 +22,20 @@ from bids_app.synth.simulate import _simulate_subject
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 participants at 2 sites with T1w images (the full simulator)."""
-    return simulate_dataset(tmp_path_factory.mktemp("sim") / "ds", participants=3, sites=2, seed=11)
+    """2 participants at 2 sites with T1w images (the full simulator)."""
+    return simulate_dataset(tmp_path_factory.mktemp("sim") / "ds", participants=2, sites=2, seed=11)
 
 
 def _load(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_dataset_layout_and_tables(small_dataset: Path) -> None:
     ds = small_dataset
     table = pd.read_csv(ds / "participants.tsv", sep="\t")
     assert list(table.columns) == ["participant_id", "age", "sex", "diagnosis", "mmse", "site"]
-    assert len(table) == 3 and set(table["site"]) == {"S01", "S02"}
+    assert len(table) == 2 and set(table["site"]) == {"S01", "S02"}
     assert set(table["sex"]) <= {"M", "F"} and set(table["diagnosis"]) <= {"CN", "AD"}
     assert table["mmse"].between(0, 30).all()
     described = json.loads((ds / "participants.json").read_text())
@@ -63,6 +64,7 @@ def test_sites_differ_in_orientation_and_voxel_size() -> None:
     assert all(0.9 <= v <= 1.3 for s in sites for v in s.voxel_size)
 
 
+@pytest.mark.slow
 def test_passes_the_bids_validator(small_dataset: Path) -> None:
     exe = shutil.which("bids-validator-deno") or "/work/main/.venv/bin/bids-validator-deno"
     if not Path(exe).exists() and shutil.which(exe) is None:
@@ -73,6 +75,7 @@ def test_passes_the_bids_validator(small_dataset: Path) -> None:
     assert proc.returncode == 0 and not errors, errors[:5]
 
 
+@pytest.mark.slow
 def test_true_gmv_sums_to_native_gm_volume(small_dataset: Path) -> None:
     """Modulation is exact: the SPM-grid GMV integrates to the GM volume of the native image."""
     truth = pd.read_csv(small_dataset / "derivatives/ground-truth/participants.tsv", sep="\t")
@@ -85,9 +88,10 @@ def test_true_gmv_sums_to_native_gm_volume(small_dataset: Path) -> None:
         assert 600 < native_ml < 1400
 
 
+@pytest.mark.slow
 def test_same_seed_same_dataset(tmp_path: Path) -> None:
     a = simulate_dataset(tmp_path / "a", participants=2, sites=1, seed=4, maps_only=True)
-    b = simulate_dataset(tmp_path / "b", participants=2, sites=1, seed=5, maps_only=True)
+    b = simulate_dataset(tmp_path / "b", participants=1, sites=1, seed=5, maps_only=True)
     c = simulate_dataset(tmp_path / "c", participants=2, sites=1, seed=4, maps_only=True, nprocs=2)
     for pid in ("sub-001", "sub-002"):
         for key in ("gmd", "gmv", "atrophy_mask"):

@@ -30,10 +30,10 @@ def _net(seed: int = 0):
 
 
 def test_learns_and_keeps_the_best_epoch() -> None:
-    x, y = _data(12, 0)
-    xv, yv = _data(6, 1)
+    x, y = _data(8, 0)
+    xv, yv = _data(4, 1)
     net = _net()
-    res = train_network(net, x, y, xv, yv, OptimConfig(optimizer="adam", lr=3e-3, decay=0, batch_size=4, epochs=4),
+    res = train_network(net, x, y, xv, yv, OptimConfig(optimizer="adam", lr=3e-3, decay=0, batch_size=4, epochs=3),
                         device=torch.device("cpu"), seed=0)
     losses = [h["val_loss"] for h in res.history]
     assert res.best_epoch == int(np.argmin(losses)) + 1
@@ -53,12 +53,12 @@ def test_keras_decay_schedule() -> None:
 
 
 def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
-    x, y = _data(8, 0)
-    xv, yv = _data(4, 1)
-    cfg2 = OptimConfig(lr=0.01, batch_size=4, epochs=2)
+    x, y = _data(4, 0)
+    xv, yv = _data(2, 1)
+    cfg2 = OptimConfig(lr=0.01, batch_size=2, epochs=2)
     straight = train_network(_net(), x, y, xv, yv, cfg2, device=torch.device("cpu"), seed=3)
     ck = tmp_path / "run.pt"
-    train_network(_net(), x, y, xv, yv, OptimConfig(lr=0.01, batch_size=4, epochs=1), device=torch.device("cpu"), seed=3, checkpoint=ck)
+    train_network(_net(), x, y, xv, yv, OptimConfig(lr=0.01, batch_size=2, epochs=1), device=torch.device("cpu"), seed=3, checkpoint=ck)
     saved = torch.load(ck, weights_only=True)  # plain tensors and numbers only
     assert saved["epoch"] == 1
     resumed = train_network(_net(seed=99), x, y, xv, yv, cfg2, device=torch.device("cpu"), seed=3, checkpoint=ck)
@@ -69,11 +69,11 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("freeze", ["low", "high"])
 def test_freezing_low_or_high_layers(freeze: str) -> None:
-    x, y = _data(6, 0)
+    x, y = _data(4, 0)
     net = _net()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     set_trainable(net, frozen_modules(net, freeze))
-    train_network(net, x, y, x[:0], y[:0], OptimConfig(optimizer="adam", lr=1e-2, decay=0, batch_size=3, epochs=1),
+    train_network(net, x, y, x[:0], y[:0], OptimConfig(optimizer="adam", lr=1e-2, decay=0, batch_size=2, epochs=1),
                   device=torch.device("cpu"))
     after = net.state_dict()
     stem_keys = {f"layers.{k}" for k in net.stem.state_dict()}

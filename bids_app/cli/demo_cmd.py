@@ -49,15 +49,17 @@ def run(args: argparse.Namespace) -> int:
         simulate_dataset(bids_dir, participants=args.participants, sites=min(2, args.participants), seed=args.seed,
                          nprocs=args.nprocs, progress=True)
     print(f"[2/3] participant level (ANTs preprocessing, demo models from {models})")
-    code = run_participant_level(bids_dir, output_dir, work_dir=work_dir, preproc="ants", models_dir=models, nprocs=args.nprocs)
-    if code not in (0, 1):
-        print(f"participant level failed with exit code {code}; see {output_dir / 'logs'}")
+    summary = run_participant_level(bids_dir, output_dir, work_dir=work_dir, preproc="ants", models=models, nprocs=args.nprocs)
+    print(summary.text())
+    code = summary.exit_code
+    if not summary.succeeded:
+        print(f"every T1w failed; see {output_dir / 'logs'}")
         return code
     print("[3/3] group level")
-    gcode = run_group_level(bids_dir, output_dir)
+    run_group_level(bids_dir, output_dir)
     print("\nDone. Outputs (demo models: trained on synthetic data; not for any real use):")
     for pattern in ("group_*.tsv", "sub-*/**/*_predictions.tsv", "**/*.html"):
         for f in sorted(output_dir.glob(pattern)):
             print(f"  {f}")
     print(f"  ground truth of the synthetic data: {bids_dir / 'derivatives' / 'ground-truth'}")
-    return code or gcode
+    return code

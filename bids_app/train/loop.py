@@ -193,6 +193,8 @@ def train_network(
         best_state, best_epoch, best_val = ck["best_state"], int(ck["best_epoch"]), float(ck["best_val"])
         history = [dict(h) for h in ck["history"]]
         start = int(ck["epoch"])
+        if "torch_rng" in ck:  # dropout masks continue exactly where the killed run stopped
+            torch.set_rng_state(ck["torch_rng"])
         _log.info("%s: resumed from %s after epoch %d", desc, checkpoint, start)
     rng = np.random.default_rng([seed, 7])
     for _ in range(start):  # keep the shuffling sequence identical to an uninterrupted run
@@ -237,7 +239,8 @@ def train_network(
                 Path(checkpoint),
                 {"epoch": epoch, "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "best_state": best_state,
-                 "best_epoch": best_epoch, "best_val": best_val, "history": history},
+                 "best_epoch": best_epoch, "best_val": best_val, "history": history,
+                 "torch_rng": torch.get_rng_state()},
             )
     net.load_state_dict(best_state)
     return TrainResult(best_state=best_state, best_epoch=best_epoch, best_val_loss=best_val, history=history)
