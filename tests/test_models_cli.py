@@ -15,7 +15,7 @@ from bids_app.cli import models_cmd
 from bids_app.errors import InputDataError, ModelPackageError, NoInputError
 from bids_app.models import load_package, predict
 
-from models_fixtures import gm_like_inputs, make_package
+from .models_fixtures import gm_like_inputs, make_package
 
 ROOT = Path(__file__).resolve().parents[1]
 

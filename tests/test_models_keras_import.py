@@ -27,8 +27,8 @@ from bids_app.models.keras_import import (  # noqa: E402
     read_keras_h5,
 )
 
-from keras_reference import build_keras, randomise_bn, to_keras224  # noqa: E402
-from models_fixtures import gm_like_inputs  # noqa: E402
+from .keras_reference import build_keras, randomise_bn, to_keras224  # noqa: E402
+from .models_fixtures import gm_like_inputs  # noqa: E402
 
 h5py = pytest.importorskip("h5py")
 

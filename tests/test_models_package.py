@@ -12,7 +12,7 @@ from bids_app.errors import ModelPackageError
 from bids_app.models import find_packages, load_package, predict, save_package
 from bids_app.types import ModelScores
 
-from models_fixtures import demo_card, gm_like_inputs, make_package
+from .models_fixtures import demo_card, gm_like_inputs, make_package
 
 
 @pytest.fixture(scope="module")
