@@ -86,7 +86,7 @@ def test_usage_errors_exit_through_argparse():
 
 def test_import_keras_command(tmp_path, capsys):
     keras = pytest.importorskip("tf_keras")
-    from keras_reference import build_keras, randomise_bn
+    from .keras_reference import build_keras, randomise_bn
 
     m = build_keras(keras, "irv2_ad_optimised", width=0.125, seed=5)
     randomise_bn(m, seed=6)
@@ -114,7 +114,7 @@ def test_convert_weights_script_fails_loudly_on_a_missing_file(tmp_path):
 @pytest.mark.slow
 def test_convert_weights_script_builds_both_packages(tmp_path):
     keras = pytest.importorskip("tf_keras")
-    from keras_reference import build_keras, randomise_bn, to_keras224
+    from .keras_reference import build_keras, randomise_bn, to_keras224
 
     src = tmp_path / "tf"
     src.mkdir()
