@@ -46,13 +46,16 @@ def _one(t1: Path, work: Path, threads: int, out: Path) -> None:
     maps = AntsBackend(nprocs=threads).run(T1wUnit(t1, {"sub": "bench"}), work)
     wall = time.perf_counter() - t0
     qc = compute_qc(maps)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = ru.ru_maxrss / 1024.0
+    cpu_s = ru.ru_utime + ru.ru_stime
     np.savez_compressed(out.with_suffix(".npz"), gmd=maps.gmd, gmv=maps.gmv)
     out.write_text(
         json.dumps(
             {
                 "wall_s": wall,
                 "peak_rss_mb": peak_mb,
+                "cpu_s": cpu_s,
                 "steps_s": maps.provenance["StepSeconds"],
                 "qc": dict(qc.metrics),
                 "qc_flags": list(qc.flags),
@@ -68,7 +71,11 @@ def _run(name: str, t1: Path, base: Path, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--one", str(t1), str(work), str(threads), str(out)]
     subprocess.run(cmd, check=True, env=env)
     res = json.loads(out.read_text())
-    print(f"  {name:<16} wall {res['wall_s']:6.1f} s  peak {res['peak_rss_mb']:6.0f} MB  steps {res['steps_s']}", flush=True)
+    print(
+        f"  {name:<16} wall {res['wall_s']:6.1f} s  CPU {res['cpu_s']:6.1f} s  peak {res['peak_rss_mb']:6.0f} MB  "
+        f"load {os.getloadavg()[0]:.1f}  steps {res['steps_s']}",
+        flush=True,
+    )
     return res
 
 
@@ -138,10 +145,13 @@ def main() -> int:
     if COLIN.is_file() and not args.no_colin:
         runs["colin27"] = _run("colin27", COLIN, base, args.threads)
     walls = [r["wall_s"] for r in runs.values()]
+    cpus = [r["cpu_s"] for r in runs.values()]
     peaks = [r["peak_rss_mb"] for r in runs.values()]
     load = os.getloadavg()
     print(f"median wall {statistics.median(walls):.1f} s per T1w (n={len(walls)}, min {min(walls):.1f}, max {max(walls):.1f}); "
-          f"median peak RSS {statistics.median(peaks):.0f} MB; load after {load[0]:.1f}")
+          f"median CPU {statistics.median(cpus):.1f} s (CPU / {args.threads} threads = {statistics.median(cpus) / args.threads:.1f} s, "
+          f"the wall time an unloaded machine could reach); median peak RSS {statistics.median(peaks):.0f} MB; "
+          f"load after {load[0]:.1f}")
 
     fid = _fidelity(base, phantoms)
     for name in phantoms:
