@@ -162,5 +162,5 @@ def test_real_colin27_head(tmp_path):
     maps = AntsBackend(nprocs=2).run(T1wUnit(COLIN, {"sub": "colin27"}), tmp_path)
     qc = compute_qc(maps)
     assert qc.passed, (qc.flags, qc.metrics)
-    assert 450 < qc.metrics["total_gmv_ml"] < 1000
+    assert 450 < qc.metrics["total_gmv_ml"] < 1150  # measured 999 ml (see docs: generous brain mask)
     assert qc.metrics["registration_t1_correlation"] > 0.85
