@@ -6,10 +6,16 @@ with a smooth multiplicative bias field and Rician noise. Because the subject is
 through a known map psi (native -> template), the truth is exact:
 
 * native GM probability = template GM at psi(y) (so the native GM volume is known in ml);
-* template-space GM density = the template GM itself (minus any injected atrophy);
-* an injected hippocampal atrophy of fraction ``a`` turns ``a`` of the GM inside a hippocampus mask
+* template-space GM density = the template GM itself;
+* an injected hippocampal atrophy of fraction ``a`` is a local contraction: around each hippocampus
   (AAL labels 37/38 from Debian's mricron-data when present, else an ellipsoid at the hippocampi's
-  MNI position) into CSF: GM' = GM (1 - a H), T1' = T1 - a GM H (I_GM - I_CSF).
+  MNI position) the native -> template map gets an outward displacement ``alpha (x - c) w(x)`` (``w``
+  a Gaussian bump at the hippocampus' centroid), so the subject's hippocampus is smaller and its
+  surroundings larger. ``alpha`` makes the bump's core shrink by ``a``; the loss actually injected
+  into the hippocampus is measured on the phantom and returned
+  (``true_hippocampal_gm_ml``). Volume loss seen through the Jacobian is what SPM's modulation
+  measures in real atrophy; an intensity-only model (GM -> CSF in place) is ambiguous for a
+  single-channel segmentation in the GM/WM-mixed hippocampus and was dropped.
 
 This is deliberately easier than real anatomy (the registration target is the phantom's own source),
 so the benchmark also runs on the real Colin27 head. It is a test fixture, not a cohort generator.
@@ -40,6 +46,7 @@ class Phantom:
 
     path: Path
     true_gm_ml: float  # native GM volume
+    true_hippocampal_gm_ml: float  # native GM volume inside the (warped) hippocampus mask
     true_gmd: np.ndarray  # template-space GM probability on the SPM grid
     hippocampus: np.ndarray  # bool, SPM grid
     atrophy: float
@@ -77,6 +84,33 @@ def _padded_template(pad: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
     affine = t1.affine.copy()
     affine[:3, 3] -= affine[:3, :3] @ np.full(3, pad)
     return arrays, affine
+
+
+#: the bump is much wider than a hippocampus, so the whole structure sits in its near-uniform core
+_BUMP_SIGMA_MM = np.array([14.0, 28.0, 14.0])
+
+
+def _atrophy_bumps(arrays: dict[str, np.ndarray], t_aff: np.ndarray, atrophy: float) -> list:
+    """(centre, sigma, alpha) of each hippocampus' contraction.
+
+    At the bump's centre the map x -> x + alpha (x - c) w(x) scales by 1 + alpha, so the native
+    volume there shrinks by (1 + alpha)^-3; alpha = (1 - atrophy)^(-1/3) - 1. Towards the edge of
+    the structure w < 1 and the loss is smaller: the loss actually injected is measured on the
+    phantom (``Phantom.true_hippocampal_gm_ml``), never assumed.
+    """
+    H = arrays["H"] > 0.5
+    alpha = (1.0 - atrophy) ** (-1.0 / 3.0) - 1.0
+    out = []
+    half = H.shape[0] // 2
+    for sl in (slice(0, half), slice(half, None)):
+        part = np.zeros_like(H)
+        part[sl] = H[sl]
+        if not part.any():
+            continue
+        idx = np.argwhere(part)
+        c = (t_aff[:3, :3] @ idx.T + t_aff[:3, 3:4]).T.mean(axis=0)
+        out.append((c, _BUMP_SIGMA_MM, alpha))
+    return out
 
 
 def _add_head(arrays: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -119,8 +153,8 @@ def make_phantom(
     arrays, t_aff = _padded_template(pad)
     head = _add_head(arrays, np.random.default_rng(seed + 1000))
     H = arrays["H"]
-    gm_t = arrays["GM"] * (1.0 - atrophy * H)
-    head = head - atrophy * arrays["GM"] * H * (_I_GM - _I_CSF)
+    gm_t = arrays["GM"]
+    bumps = _atrophy_bumps(arrays, t_aff, atrophy) if atrophy > 0 else []
 
     # native -> template map psi(y) = M (y - c) + c + u(y): scale + rotation about the head centre
     centre = np.array([0.0, -18.0, 12.0])
@@ -147,6 +181,10 @@ def make_phantom(
         zoom = [s / c for s, c in zip(shape, coarse_shape)]
         disp.append(ndimage.zoom(field, zoom, order=3)[: shape[0], : shape[1], : shape[2]].reshape(-1))
     tmpl_world = M @ (world - centre[:, None]) + centre[:, None] + np.stack(disp)
+    for c, sig, alpha in bumps:
+        rel = tmpl_world - c[:, None]
+        w = np.exp(-0.5 * ((rel / sig[:, None]) ** 2).sum(axis=0))
+        tmpl_world = tmpl_world + alpha * rel * w
     t_inv = np.linalg.inv(t_aff)
     t_vox = t_inv[:3, :3] @ tmpl_world + t_inv[:3, 3:4]
     del world, tmpl_world, ijk
@@ -156,6 +194,7 @@ def make_phantom(
 
     t1 = sample(head)
     gm_native = sample(gm_t)
+    hip_native = sample(H)
     del t_vox
 
     # bias field (+-15%) and Rician noise
@@ -183,6 +222,7 @@ def make_phantom(
     return Phantom(
         path=out_path,
         true_gm_ml=float(gm_native.sum(dtype=np.float64) * voxel_mm**3 / 1000.0),
+        true_hippocampal_gm_ml=float((gm_native * hip_native).sum(dtype=np.float64) * voxel_mm**3 / 1000.0),
         true_gmd=true_gmd,
         hippocampus=hip_spm,
         atrophy=atrophy,

