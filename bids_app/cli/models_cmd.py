@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, NoInputError, UsageError
+from .parser import positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -46,23 +47,13 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
     sc.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     sc.add_argument("--precision", default="auto", choices=("auto", "fp32", "fast", "bf16"))
-    sc.add_argument("--batch-size", type=_positive_int, default=1)
+    sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)
 
     info = sub.add_parser("info", help="print a package's model card with parameter counts")
     info.add_argument("package", type=Path, metavar="PACKAGE_DIR")
     info.set_defaults(func=run)
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def run(args: argparse.Namespace) -> int:

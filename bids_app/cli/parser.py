@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 
-__all__ = ["build_parser", "ANALYSIS_LEVELS"]
+__all__ = ["build_parser", "positive_int", "ANALYSIS_LEVELS"]
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -34,7 +34,7 @@ def _threshold(value: str) -> float:
     return t
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     try:
         n = int(value)
     except ValueError:
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     res = parser.add_argument_group("resources")
     res.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
                      help="scratch directory (resumable); default: <output_dir>/../.<name>-work")
-    res.add_argument("--nprocs", "--n_cpus", "--nthreads", dest="nprocs", type=_positive_int, default=1,
+    res.add_argument("--nprocs", "--n_cpus", "--nthreads", dest="nprocs", type=positive_int, default=1,
                      help="CPU threads for preprocessing and inference")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-v info, -vv debug)")
     return parser
