@@ -8,14 +8,17 @@ is per mode and TensorFlow never shares a process with the PyTorch runs):
 
 * ``fp32``   PyTorch eager float32 (the baseline),
 * ``auto``   the predictor's default path (what the app runs),
-* other ``--modes`` of :func:`bids_app.models.predict` (``fast``, ``bf16``),
+* other ``--modes`` of :func:`bids_app.models.predict` (``fast``, ``fused``, ``bf16``),
 * ``tf-keras`` TensorFlow 2 + tf-keras running the same H5 files (the reference system's stack).
 
-It prints median seconds per participant, ratios, peak RSS and the largest score difference from
-fp32 on a realistic input (the MNI152 GM template on the SPM grid through
-``bids_app.grid.make_model_input``, with a smooth per-subject deformation of GM).
+Modes run in ``--rounds`` interleaved rounds (fp32, fast, auto, tf-keras, fp32, fast, ...), each a
+fresh process doing one untimed warm-up and ``--repeats`` timed participants, so that a slow
+minute on a shared machine does not land on one mode only. It prints median seconds per
+participant, ratios, peak RSS and the largest score difference from fp32 on a realistic input
+(the MNI152 GM template on the SPM grid through ``bids_app.grid.make_model_input``, with a smooth
+per-subject deformation of GM).
 
-    python bench/inference.py [--repeats 3] [--threads N] [--workdir DIR] [--modes fp32 auto fast bf16]
+    python bench/inference.py [--rounds 3] [--repeats 1] [--threads N] [--workdir DIR] [--modes fp32 fast auto tf-keras]
 """
 
 from __future__ import annotations
@@ -132,10 +135,11 @@ def run_mode(mode: str, workdir: Path, repeats: int, threads: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the modes")
+    ap.add_argument("--repeats", type=int, default=1, help="timed participants per mode and round")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", type=Path, default=None, help="keep H5 files and packages here (reused)")
-    ap.add_argument("--modes", nargs="+", default=["fp32", "auto", "tf-keras"])
+    ap.add_argument("--modes", nargs="+", default=["fp32", "fast", "auto", "tf-keras"])
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -144,31 +148,44 @@ def main() -> int:
         print("RESULT " + json.dumps(run_mode(args._child, workdir, args.repeats, args.threads)))
         return 0
     make_files(workdir)
-    results = {}
-    for mode in args.modes:
-        cmd = [sys.executable, __file__, "--_child", mode, "--workdir", str(workdir), "--repeats", str(args.repeats),
-               "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if out.returncode != 0 or not lines:
-            print(f"{mode}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        results[mode] = json.loads(lines[-1][7:])
+    results: dict[str, dict] = {}
+    for _ in range(args.rounds):
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, "--_child", mode, "--workdir", str(workdir), "--repeats", str(args.repeats),
+                   "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode != 0 or not lines:
+                print(f"{mode}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
+                continue
+            r = json.loads(lines[-1][7:])
+            if mode in results:
+                prev = results[mode]
+                if mode != "tf-keras" and r["scores"] != prev["scores"]:
+                    raise RuntimeError(f"{mode}: scores changed between processes (not deterministic)")
+                r["times"] = prev["times"] + r["times"]
+                r["peak_rss_gb"] = max(prev["peak_rss_gb"], r["peak_rss_gb"])
+                r["warmup"] = min(prev["warmup"], r["warmup"])
+            r["median"] = float(np.median(r["times"]))
+            results[mode] = r
     load = os.getloadavg()
     from bids_app.models.predict import default_precision
 
     import torch
 
-    print(f"# per participant = 1 sex + 5 AD forward passes; {args.threads} thread(s); repeats {args.repeats}; "
+    print(f"# per participant = 1 sex + 5 AD forward passes; {args.threads} thread(s); {args.rounds} rounds x "
+          f"{args.repeats} timed; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; torch {torch.__version__}; "
           f"'auto' on CPU = '{default_precision(torch.device('cpu'))}'")
     base = results.get("fp32")
-    print(f"{'mode':10s} {'median s':>9s} {'min s':>7s} {'vs fp32':>8s} {'vs tf-keras':>11s} {'peak GB':>8s} {'max |d score|':>14s}")
+    if base:
+        print(f"# fp32 scores (sex, AD folds 0-4): {' '.join(f'{v:.4f}' for v in base['scores'])}")
+    print(f"{'mode':10s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} {'peak GB':>8s} {'max |d score|':>14s}")
     for mode, r in results.items():
         vs_fp32 = base["median"] / r["median"] if base else float("nan")
         vs_tf = results["tf-keras"]["median"] / r["median"] if "tf-keras" in results else float("nan")
         diff = max(abs(a - b) for a, b in zip(r["scores"], base["scores"])) if base else float("nan")
-        print(f"{mode:10s} {r['median']:9.2f} {min(r['times']):7.2f} {vs_fp32:8.2f}x {vs_tf:10.2f}x "
+        print(f"{mode:10s} {r['median']:9.2f} {min(r['times']):7.2f} {r['warmup']:9.2f} {vs_fp32:8.2f}x {vs_tf:10.2f}x "
               f"{r['peak_rss_gb']:8.2f} {diff:14.2e}")
     if args.json:
         args.json.write_text(json.dumps({"threads": args.threads, "load": load, "results": results}, indent=2))

@@ -74,7 +74,7 @@ def test_predict_is_deterministic_on_cpu(ad_pkg, inputs):
     assert np.array_equal(a, b)
 
 
-@pytest.mark.parametrize("precision,tol", [("fast", 1e-5), ("bf16", 1e-2), ("auto", 1e-3)])
+@pytest.mark.parametrize("precision,tol", [("fast", 1e-5), ("fused", 1e-5), ("bf16", 1e-2), ("auto", 1e-3)])
 def test_precisions_agree_with_fp32(ad_pkg, inputs, precision, tol):
     pkg = load_package(ad_pkg)
     ref = predict(pkg, inputs, precision="fp32").fold_scores
@@ -86,7 +86,7 @@ def test_predict_rejects_bad_arguments(ad_pkg, inputs):
     pkg = load_package(ad_pkg)
     with pytest.raises(ValueError, match=r"model input must have shape N x 2 x 96 x 120 x 86"):
         predict(pkg, inputs[:, :, :95])
-    with pytest.raises(ValueError, match="precision must be one of auto, fp32, fast, bf16; got 'fp64'"):
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, fast, fused, bf16; got 'fp64'"):
         predict(pkg, inputs, precision="fp64")
     with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
         predict(pkg, inputs, batch_size=0)

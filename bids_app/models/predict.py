@@ -5,10 +5,14 @@
 * ``"fp32"``: the networks exactly as loaded (eager float32, BatchNorm as a separate op): the
   reference the other modes are checked against.
 * ``"fast"``: BatchNorm folded into the convolutions, channels-last 3D memory format, float32.
-  Exact algebra; scores agree with ``fp32`` to float rounding.
+  Exact algebra; scores agree with ``fp32`` to float rounding. Portable (CPU and CUDA).
+* ``"fused"`` (CPU only): ``fast`` run by :class:`~bids_app.models.fast.OneDNNGraphNet`: every
+  convolution through oneDNN with its weight packed once and its ReLU / residual add fused as
+  post-ops. Float32; scores agree with ``fp32`` to float rounding.
 * ``"bf16"``: ``fast`` plus bfloat16 autocast (CPU: oneDNN bf16 kernels; CUDA: tensor cores).
-* ``"auto"``: the default chosen by measurement (see ``bench/inference.py`` and the README);
-  it must keep scores within 1e-3 of ``fp32`` on realistic inputs.
+* ``"auto"``: the default chosen by measurement (see ``bench/inference.py`` and the README):
+  ``fused`` on a CPU, ``bf16`` on CUDA. It must keep scores within 1e-3 of ``fp32`` on realistic
+  inputs.
 
 The sigmoid is applied here, in float32, to the logits the networks return. Runs on CPU are
 deterministic (same input, same thread count -> same scores).
@@ -24,19 +28,21 @@ from torch import nn
 
 from .. import grid
 from ..types import ModelScores
-from .fast import fold_batchnorm
+from .fast import OneDNNGraphNet, fold_batchnorm, onednn_available
 from .graph import GraphNet
 from .package import ModelPackage, _resolve_device
 
 __all__ = ["Precision", "PRECISIONS", "default_precision", "prepare_networks", "predict", "check_model_input"]
 
-Precision = Literal["auto", "fp32", "fast", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "bf16")
+Precision = Literal["auto", "fp32", "fast", "fused", "bf16"]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "fused", "bf16")
 
 
 def default_precision(device: torch.device) -> str:
     """What ``precision="auto"`` means on ``device`` (chosen by measurement, see module doc)."""
-    return "fast" if device.type == "cpu" else "bf16"
+    if device.type == "cpu":
+        return "fused" if onednn_available() else "fast"
+    return "bf16"
 
 
 def check_model_input(x: np.ndarray) -> np.ndarray:
@@ -65,10 +71,14 @@ def prepare_networks(package: ModelPackage, device: torch.device, precision: str
     key = (str(device), precision)
     if key in package._prepared:
         return package._prepared[key]
+    if precision == "fused" and device.type != "cpu":
+        raise ValueError(f"precision 'fused' runs on the CPU only (device {device}); use 'fast' or 'bf16'")
     nets: list[nn.Module] = []
     for net in package.folds:
         net = net.to(device).eval()
-        if precision in ("fast", "bf16") and isinstance(net, GraphNet):
+        if precision == "fused" and isinstance(net, GraphNet):
+            net = OneDNNGraphNet(net.float())
+        elif precision in ("fast", "bf16") and isinstance(net, GraphNet):
             net = fold_batchnorm(net)
             net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         for p in net.parameters():
@@ -97,7 +107,7 @@ def predict(
         :func:`bids_app.grid.make_model_input`.
     device : {"auto", "cpu", "cuda"}
         ``auto`` uses CUDA when available.
-    precision : {"auto", "fp32", "fast", "bf16"}
+    precision : {"auto", "fp32", "fast", "fused", "bf16"}
         See the module docstring.
     batch_size : int
         Inputs per forward pass (1 keeps CPU memory lowest).
