@@ -94,3 +94,23 @@ def test_run_py_and_module_entrypoints_agree():
     for cmd in ([sys.executable, str(ROOT / "run.py"), "--version"], [sys.executable, "-m", "bids_app", "--version"]):
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
         assert out.startswith("vbm-predict ")
+
+
+def test_log_handler_writes_to_the_current_stderr(monkeypatch):
+    # A caller that swaps and closes stderr (pytest capture, notebooks) must not break later logging.
+    import io
+    import logging
+
+    from bids_app.cli.main import setup_logging
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    setup_logging(1)
+    logging.getLogger("bids_app").info("first message")
+    assert "first message" in first.getvalue()
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    logging.getLogger("bids_app").info("second message")
+    assert "second message" in second.getvalue()
+    logging.getLogger("bids_app").handlers.clear()

@@ -163,4 +163,6 @@ def test_real_colin27_head(tmp_path):
     qc = compute_qc(maps)
     assert qc.passed, (qc.flags, qc.metrics)
     assert 450 < qc.metrics["total_gmv_ml"] < 1150  # measured 999 ml (see docs: generous brain mask)
-    assert qc.metrics["registration_t1_correlation"] > 0.85
+    # measured 0.844-0.847 with SyN 70x50x10 (0.873 with the former 20 full-resolution iterations,
+    # see docs/preprocessing.md); QC flags below 0.8
+    assert qc.metrics["registration_t1_correlation"] > 0.82

@@ -34,6 +34,10 @@ def test_reference_distribution_is_recorded():
     assert REFERENCE_DISTRIBUTION["n"] >= 3
     assert "ants" in str(REFERENCE_DISTRIBUTION["source"]).lower()
     mean, sd = float(REFERENCE_DISTRIBUTION["mean"]), float(REFERENCE_DISTRIBUTION["sd"])
+    values = [float(v) for v in REFERENCE_DISTRIBUTION["values"]]  # type: ignore[union-attr]
+    assert len(values) == REFERENCE_DISTRIBUTION["n"]
+    assert mean == pytest.approx(np.mean(values), abs=1e-4)
+    assert sd == pytest.approx(np.std(values, ddof=1), abs=1e-4)
     assert GMV_CORRELATION_THRESHOLD == pytest.approx(mean - 2 * sd, abs=1e-3)
     assert 0.3 < GMV_CORRELATION_THRESHOLD < mean < 1.0
 

@@ -2,7 +2,7 @@
 
 Simulates a small synthetic BIDS dataset, runs the participant level (ANTs backend, the bundled
 demo models, which were trained on synthetic data and are not for any real use) and the group
-level, then prints where the tables and reports are. About 2-3 minutes per T1w on a 2-core CPU.
+level, then prints where the tables and reports are. About 2.5 minutes per T1w on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ __all__ = ["add_parser", "run", "demo_models_dir"]
 
 def demo_models_dir() -> Path:
     """The bundled demo model packages (``sex`` and ``ad``) inside the installed package."""
-    from importlib.resources import files
+    from ..workflows import DEMO_MODELS
 
-    return Path(str(files("bids_app") / "data" / "demo_models"))
+    return DEMO_MODELS
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
