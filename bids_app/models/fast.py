@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import GraphNet, Node, _same_pads
+from .graph import GraphNet, Node, same_pad_arg
 
 __all__ = ["fold_batchnorm", "OneDNNGraphNet", "onednn_available"]
 
@@ -95,7 +95,6 @@ class _Step:
     inputs: list[int]  # slot indices
     kind: str  # "conv", "conv_sum" or "node"
     unary: str | None = None  # "relu" fused as a oneDNN post-op
-    conv: str | None = None  # name of the (absorbed) conv layer for "conv" / "conv_sum"
     pre_pad: list[int] | None = None  # explicit TensorFlow "same" padding (F.pad order)
     weight: torch.Tensor | None = None  # oneDNN-packed (blocked) weight
     bias: torch.Tensor | None = None
@@ -211,10 +210,9 @@ class OneDNNGraphNet(nn.Module):
         pre_pad: list[int] | None = None
         in_spatial = list(src_shape[1:])
         if conv.dynamic_same:
-            pre_pad = []
-            for axis in (2, 1, 0):
-                pre_pad.extend(_same_pads(src_shape[1 + axis], conv.kernel_size[axis], conv.stride[axis], conv.dilation[axis]))
-            in_spatial = [src_shape[1 + a] + pre_pad[2 * (2 - a)] + pre_pad[2 * (2 - a) + 1] for a in range(3)]
+            pre_pad = same_pad_arg(src_shape[1:], conv.kernel_size, conv.stride, conv.dilation)
+            # F.pad order is (W before, W after, H before, H after, D before, D after)
+            in_spatial = [n + pre_pad[4 - 2 * a] + pre_pad[5 - 2 * a] for a, n in enumerate(src_shape[1:])]
         w = conv.weight.detach().float()
         b = conv.bias.detach().float() if conv.bias is not None else None
         if scale != 1.0:
@@ -228,7 +226,6 @@ class OneDNNGraphNet(nn.Module):
             [slot_of[s] for s in data_inputs],
             kind,
             unary=unary,
-            conv=conv_name,
             pre_pad=pre_pad,
             weight=packed,
             bias=b,

@@ -118,6 +118,16 @@ def _same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def same_pad_arg(
+    spatial: Sequence[int], kernel: Sequence[int], stride: Sequence[int], dilation: Sequence[int] = (1, 1, 1)
+) -> list[int]:
+    """TensorFlow ``same`` padding of a D x H x W input as ``F.pad``'s argument (last axis first)."""
+    pads: list[int] = []
+    for axis in (2, 1, 0):
+        pads.extend(_same_pads(spatial[axis], kernel[axis], stride[axis], dilation[axis]))
+    return pads
+
+
 class SameConv3d(nn.Conv3d):
     """Conv3d with Keras ``valid`` or ``same`` padding (TensorFlow's asymmetric rule).
 
@@ -153,10 +163,7 @@ class SameConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
         if self.dynamic_same:
-            pads: list[int] = []
-            for axis in (2, 1, 0):  # F.pad wants the last axis first
-                pads.extend(_same_pads(x.shape[2 + axis], self.kernel_size[axis], self.stride[axis], self.dilation[axis]))
-            x = F.pad(x, pads)
+            x = F.pad(x, same_pad_arg(x.shape[2:], self.kernel_size, self.stride, self.dilation))
         return super().forward(x)
 
 
@@ -393,9 +400,7 @@ class GraphNet(nn.Module):
         s = _triple(c["strides"], "strides")
         if c["padding"] == "valid":
             return F.max_pool3d(x, k, s) if kind == "max" else F.avg_pool3d(x, k, s)
-        pads: list[int] = []
-        for axis in (2, 1, 0):
-            pads.extend(_same_pads(x.shape[2 + axis], k[axis], s[axis]))
+        pads = same_pad_arg(x.shape[2:], k, s)
         if kind == "max":
             return F.max_pool3d(F.pad(x, pads, value=float("-inf")), k, s)
         # TensorFlow averages over real voxels only.
