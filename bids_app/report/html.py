@@ -12,23 +12,34 @@ import html
 import math
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["esc", "fmt", "page", "section", "table", "key_value_table", "image", "notice"]
+__all__ = ["esc", "fmt", "page", "section", "table", "key_value_table", "image", "notice", "details", "pre", "badge",
+           "methods_block", "nav"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1100px;
        color: #1b2631; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; border-bottom: 1px solid #d5d8dc; padding-bottom: .2em; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 table { border-collapse: collapse; margin: .5em 0 1em; font-size: .85em; }
 th, td { border: 1px solid #d5d8dc; padding: .25em .5em; text-align: left; vertical-align: top; }
 th { background: #f2f3f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code { font-size: .85em; word-break: break-all; }
+code { font-size: .85em; word-break: break-all; } td code { word-break: normal; white-space: nowrap; }
 .notice { padding: .6em 1em; margin: .8em 0; border-radius: 4px; border: 1px solid; }
 .notice.info { background: #eaf2f8; border-color: #a9cce3; }
 .notice.warn { background: #fef5e7; border-color: #f5b041; }
 .notice.danger { background: #fdedec; border-color: #e6b0aa; }
 figure { margin: 1em 0; } figure img { max-width: 100%; } figcaption { font-size: .85em; color: #566573; }
 footer { margin-top: 3em; font-size: .8em; color: #566573; }
+.badge { display: inline-block; padding: 0 .45em; border-radius: 3px; font-size: .85em; font-weight: 600; }
+.badge.pass { background: #d4efdf; color: #145a32; } .badge.fail { background: #fadbd8; color: #78281f; }
+.badge.na { background: #eaecee; color: #424949; }
+details { margin: .8em 0; } summary { cursor: pointer; font-weight: 600; }
+pre { background: #f8f9f9; border: 1px solid #d5d8dc; padding: .6em; overflow-x: auto; font-size: .8em; }
+.methods { background: #f8f9f9; border-left: 4px solid #5d6d7e; padding: .6em 1em; }
+.methods p { margin: .4em 0; } .methods ol { font-size: .9em; }
+nav { font-size: .9em; margin: .5em 0 1em; } nav a { margin-right: 1em; }
+.muted { color: #566573; font-size: .85em; }
 """
 
 
@@ -96,7 +107,11 @@ def table(
             cls = ' class="num"' if isinstance(v, (int, float)) and not isinstance(v, bool) else ""
             cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
+    return (
+        f'<div class="table-wrap"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n'
+        + "\n".join(body)
+        + "\n</tbody>\n</table></div>"
+    )
 
 
 def key_value_table(items: Mapping[str, Any]) -> str:
@@ -117,3 +132,32 @@ def notice(text: str, kind: str = "info") -> str:
     if kind not in ("info", "warn", "danger"):
         raise ValueError(f"notice kind must be info, warn or danger; got {kind!r}")
     return f'<div class="notice {kind}" role="note">{esc(text)}</div>'
+
+
+def details(summary: str, *parts: str, open_: bool = False) -> str:
+    """A folded block (``<details>``): shown on click, e.g. provenance that few readers need."""
+    return f"<details{' open' if open_ else ''}><summary>{esc(summary)}</summary>\n" + "\n".join(parts) + "\n</details>"
+
+
+def pre(text: str) -> str:
+    """Preformatted, escaped text (e.g. a JSON sidecar)."""
+    return f"<pre>{esc(text)}</pre>"
+
+
+def badge(verdict: bool | None) -> str:
+    """A coloured pass / fail / n/a word for a table cell (already HTML)."""
+    if verdict is None:
+        return '<span class="badge na">n/a</span>'
+    return '<span class="badge pass">pass</span>' if verdict else '<span class="badge fail">fail</span>'
+
+
+def methods_block(paragraphs: Sequence[str], references: Sequence[str]) -> str:
+    """Text a researcher can paste into a paper: paragraphs, then the numbered references (escaped)."""
+    body = "".join(f"<p>{esc(p)}</p>" for p in paragraphs)
+    refs = "".join(f"<li>{esc(r)}</li>" for r in references)
+    return f'<div class="methods" id="methods-text">{body}<p><strong>References</strong></p><ol>{refs}</ol></div>'
+
+
+def nav(anchors: Sequence[tuple[str, str]]) -> str:
+    """Links to the sections of the page (anchor, title)."""
+    return "<nav>" + "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in anchors) + "</nav>"
