@@ -287,8 +287,13 @@ def score_distribution_figure(
     (the distribution) instead, so the figure stays readable and fast at 100,000 participants.
     """
     n = max(1, len(panels))
-    fig = new_figure(4.2 * n, 3.8)
-    axes = fig.subplots(1, n, squeeze=False)[0]
+    ncols = min(n, 2)
+    nrows = -(-n // ncols)
+    fig = new_figure(5.0 * ncols, 3.6 * nrows)
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
     rng = np.random.default_rng(0)  # fixed jitter: the same data give the same picture
     for ax, (title, threshold, groups) in zip(axes, panels):
         groups = [(name, np.asarray(v, dtype=float)) for name, v in groups if len(v)]
