@@ -189,7 +189,7 @@ def test_group_report(outputs):
     assert "reports/sub-09_ses-1_run-2_report.html" in links and "sub-08/anat/sub-08_failure.json" in links
     assert "reports/sub-01_report.html" not in links
     assert all((out / h).is_file() for h in links)
-    assert "1 T1w images failed QC, worst first." in text
+    assert "1 T1w image failed QC, worst first." in text
     methods = text[text.index('id="methods"'):text.index('id="provenance"')]
     n_failed = len(summary.failures)  # sub-08, and sub-10 when the escaping test ran first
     assert f"10 T1-weighted images of 8 participants were processed with vbm-predict 0.1.0 ({n_failed} further" in methods

@@ -155,7 +155,8 @@ class Overlay:
     """One row of :func:`overlay_figure`: a map drawn in colour over the background.
 
     ``symmetric`` maps (signed, e.g. an occlusion score change) get a diverging colour scale centred
-    on 0; others a sequential one from ``vmin``. Values with ``|v| <= threshold`` are transparent.
+    on 0; others a sequential one (``cmap``) from 0. Values with ``|v| <= threshold`` or below
+    ``relative_threshold`` times the colour scale's maximum are transparent, so the template shows.
     ``cut`` is the voxel (on the input grid) the three slices go through; None = the map's peak.
     """
 
@@ -166,6 +167,8 @@ class Overlay:
     threshold: float = 0.0
     vmax: float | None = None
     cut: tuple[int, int, int] | None = None
+    relative_threshold: float = 0.0
+    cmap: str = "viridis"
 
 
 def overlay_figure(rows: Sequence[Overlay], background: np.ndarray, affine: np.ndarray):
@@ -192,17 +195,18 @@ def overlay_figure(rows: Sequence[Overlay], background: np.ndarray, affine: np.n
         for src_axis, (dst_axis, flip) in enumerate(ornt.astype(int)):
             idx = cut[src_axis]
             ras_cut[dst_axis] = data.shape[src_axis] - 1 - idx if flip < 0 else idx
-        finite = np.abs(vol[np.abs(vol) > row.threshold])
+        finite = np.abs(vol[np.abs(vol) > row.threshold])  # the colour scale ignores the hidden background
         vmax = row.vmax if row.vmax is not None else (float(np.percentile(finite, 99.5)) if finite.size else 1.0)
         vmax = vmax if vmax > 0 else 1.0
-        cmap, vmin = ("RdBu_r", -vmax) if row.symmetric else ("hot", 0.0)
+        cmap, vmin = ("RdBu_r", -vmax) if row.symmetric else (row.cmap, 0.0)
+        hide = max(row.threshold, row.relative_threshold * vmax)
         im = None
         for c, (view, axis) in enumerate(_VIEWS):
             ax = axes[r, c]
             ax.imshow(_cut(bg, axis, ras_cut[axis]), origin="lower", cmap="gray", vmin=0, vmax=bg_max,
                       interpolation="nearest")
             sl = _cut(vol, axis, ras_cut[axis])
-            shown = np.ma.masked_where(np.abs(sl) <= row.threshold, sl)
+            shown = np.ma.masked_where(np.abs(sl) <= hide, sl)
             im = ax.imshow(shown, origin="lower", cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.85,
                            interpolation="nearest")
             ax.set_axis_off()

@@ -310,7 +310,8 @@ def _qc(output_dir: Path, images: pd.DataFrame, failures: Sequence[FailureLike])
             }
             for r in shown.itertuples(index=False)
         ]
-        note = (f"<p>{len(flagged):,} T1w images failed QC" + (f"; the {MAX_LISTED} with the lowest GMV-template "
+        noun = "T1w image" if len(flagged) == 1 else "T1w images"
+        note = (f"<p>{len(flagged):,} {noun} failed QC" + (f"; the {MAX_LISTED} with the lowest GMV-template "
                 f"correlation are listed." if len(flagged) > MAX_LISTED else ", worst first.") + "</p>")
         parts += ["<h3>Images that failed QC</h3>", note,
                   html.table(rows, list(rows[0]), raw=("report",))]
@@ -398,12 +399,12 @@ def _mean_explanations(
         vmax = max(float(np.percentile(np.abs(r[1][np.abs(r[1]) > 0]), 99.5)) if (np.abs(r[1]) > 0).any() else 0.0
                    for r in rows) or None
         symmetric = any(float(r[1].min()) < 0 for r in rows)
-        overlays = [figures.Overlay(f"{cls}", data, label=example.title, symmetric=symmetric, vmax=vmax, cut=cut)
-                    for cls, data in rows]
+        overlays = [figures.Overlay(f"{cls}", data, label=example.title, symmetric=symmetric, vmax=vmax, cut=cut,
+                                    relative_threshold=0.1, cmap="plasma") for cls, data in rows]
         fig = figures.overlay_figure(overlays, readers.template_t1(), SPM_AFFINE)
         caption = (
             f"Mean {example.title} map per class, classes by {by}; same slices (through the peak of the classes' "
-            f"average) and colour scale for every class. " + "; ".join(texts)
+            f"average) and colour scale for every class; values within 10% of its maximum of 0 transparent. " + "; ".join(texts)
             + f". At most {MAX_MEAN_MAPS} maps per class are averaged (a seeded random sample)."
         )
         parts.append(html.image(figures.figure_png(fig), f"mean explanation map {desc}", caption))

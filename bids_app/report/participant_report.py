@@ -319,13 +319,15 @@ def _explanations_section(output_dir: Path, unit: T1wUnit) -> tuple[str, list[di
         label = str(item.sidecar.get("Units") or item.sidecar.get("Description") or "importance")[:60]
         peak = figures.peak_voxel(data)
         mm = (SPM_AFFINE @ np.array([*peak, 1.0]))[:3]
-        fig = figures.overlay_figure([figures.Overlay(item.title, data, label=label, symmetric=symmetric)],
-                                     readers.template_t1(), SPM_AFFINE)
+        overlay = figures.Overlay(item.title, data, label=label, symmetric=symmetric, relative_threshold=0.1,
+                                  cmap="plasma")
+        fig = figures.overlay_figure([overlay], readers.template_t1(), SPM_AFFINE)
         params = item.sidecar.get("Parameters") or {}
         ptxt = ", ".join(f"{k} {v}" for k, v in params.items() if not isinstance(v, (dict, list)))
         caption = (
             f"{item.title}: orthogonal slices through the map's peak (MNI {mm[0]:.0f}, {mm[1]:.0f}, {mm[2]:.0f} mm) "
-            "over the MNI152 template" + (f"; parameters: {ptxt}" if ptxt else "") + "."
+            "over the MNI152 template; values within 10% of the colour scale's maximum of 0 are transparent"
+            + (f"; parameters: {ptxt}" if ptxt else "") + "."
         )
         parts.append(f"<h3>{html.esc(item.title)}</h3>")
         parts.append(html.image(figures.figure_png(fig), f"explanation map {item.desc}", caption))
