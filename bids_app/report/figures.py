@@ -316,7 +316,7 @@ def score_distribution_figure(
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("score")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
     return fig
 
 
@@ -343,7 +343,7 @@ def mmse_scatter_figure(
         ax.set_ylabel("AD score")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{title}\nSpearman r = {rho:.2f} (p = {p:.2g})", fontsize=9)
-        ax.legend(fontsize=7, markerscale=2 if many else 1)
+        ax.legend(fontsize=7, markerscale=2 if many else 1, loc="upper right")  # "best" is slow with many points
     return fig
 
 
@@ -361,5 +361,5 @@ def qc_distribution_figure(values: np.ndarray, threshold: float, *, name: str = 
     ax.axvline(threshold, ls="--", color="black", lw=1, label=f"threshold {threshold:g}")
     ax.set_xlabel(name)
     ax.set_ylabel("T1w images")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
     return fig

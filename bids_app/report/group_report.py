@@ -103,7 +103,10 @@ class GroupReportInputs:
 
 
 def _truthy(series: pd.Series) -> pd.Series:
-    return series.astype("string").str.strip().str.lower().eq("true").fillna(False).astype(bool)
+    """True only for a recorded True (a bool, or the text 'true' in any case); hash lookups, fast at 10^5 rows."""
+    if series.dtype == bool:
+        return series
+    return series.isin([True, "True", "true", "TRUE"]).astype(bool)
 
 
 def _with_interval(row: pd.Series, name: str) -> str:
