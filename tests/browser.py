@@ -34,7 +34,8 @@ _PAGE_FACTS_JS = """
     title: document.title,
     images: imgs,
     figures: Array.from(document.querySelectorAll('figure')).map(f => ({
-      alt: (f.querySelector('img') || {}).alt || '', caption: (f.querySelector('figcaption') || {}).textContent || ''})),
+      alt: (f.querySelector('img') || {}).alt || '',
+      caption: (f.querySelector('figcaption') || {}).textContent || ''})),
     sections: Array.from(document.querySelectorAll('section[id]')).map(s => s.id),
     details: Array.from(document.querySelectorAll('details')).map(d => d.open),
     stylesheets: Array.from(document.styleSheets).map(s => s.href),
@@ -237,7 +238,8 @@ class Chromium:
                     result.console.append({"level": params.get("type", "log"), "text": text})
                 elif method == "Runtime.exceptionThrown":
                     details = params.get("exceptionDetails", {})
-                    result.exceptions.append(str(details.get("exception", {}).get("description") or details.get("text")))
+                    text = details.get("exception", {}).get("description") or details.get("text")
+                    result.exceptions.append(str(text))
                 elif method == "Log.entryAdded":
                     entry = params.get("entry", {})
                     level = "error" if entry.get("level") == "error" else entry.get("level", "info")

@@ -13,9 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from .report_fixtures import write_explanation, write_gm_maps, write_warped_t1w
-from .test_group import build_cohort
-from .test_group_fixtures import make_unit, prediction_row, write_unit
 
 from bids_app import RESEARCH_USE_NOTICE
 from bids_app._io import write_json
@@ -25,7 +22,15 @@ from bids_app.group import run_group_level
 from bids_app.report import figures, write_group_report, write_participant_report
 from bids_app.report.group_report import MAX_LISTED, GroupReportInputs
 from bids_app.report.methods import REFERENCES
-from bids_app.report.participant_report import NOT_VALIDATED_WARNING, SYNTHETIC_WARNING, qc_rows
+from bids_app.report.participant_report import (
+    NOT_VALIDATED_WARNING,
+    SYNTHETIC_WARNING,
+    qc_rows,
+)
+
+from .report_fixtures import write_explanation, write_gm_maps, write_warped_t1w
+from .test_group import build_cohort
+from .test_group_fixtures import make_unit, prediction_row, write_unit
 
 
 class _Refs(HTMLParser):
@@ -192,7 +197,8 @@ def test_group_report(outputs):
     assert "1 T1w image failed QC, worst first." in text
     methods = text[text.index('id="methods"'):text.index('id="provenance"')]
     n_failed = len(summary.failures)  # sub-08, and sub-10 when the escaping test ran first
-    assert f"10 T1-weighted images of 8 participants were processed with vbm-predict 0.1.0 ({n_failed} further" in methods
+    expected = f"10 T1-weighted images of 8 participants were processed with vbm-predict 0.1.0 ({n_failed} further"
+    assert expected in methods
     assert "1,000 random subsamples of 50%" in methods and html.escape(REFERENCES["lu2022"]) in methods
 
 

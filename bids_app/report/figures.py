@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -55,7 +55,7 @@ LABEL_COLOURS = {
 _MAX_POINTS = 400
 
 
-def new_figure(width: float, height: float, *, layout: str | None = "constrained"):
+def new_figure(width: float, height: float, *, layout: Literal["constrained", "tight"] | None = "constrained"):
     """A Figure attached to an Agg canvas (the backend is chosen here, per figure, not globally)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -241,8 +241,8 @@ def scores_figure(rows: Sequence[tuple[str, float, float, Sequence[float]]]):
     """
     fig = new_figure(7.5, 0.55 * len(rows) + 0.9)
     ax = fig.subplots()
-    fold_label = "fold scores"
-    for i, (name, score, threshold, folds) in enumerate(rows):
+    fold_label: str | None = "fold scores"
+    for i, (_, score, threshold, folds) in enumerate(rows):
         y = len(rows) - 1 - i
         ax.plot([0, 1], [y, y], color="#d5d8dc", lw=1, zorder=0)
         if len(folds) > 1:
@@ -268,7 +268,7 @@ def roc_figure(curves: Sequence[tuple[str, str, np.ndarray, np.ndarray]]):
     tasks = list(dict.fromkeys(c[0] for c in curves))
     fig = new_figure(4.2 * max(1, len(tasks)), 4.0)
     axes = np.atleast_1d(fig.subplots(1, max(1, len(tasks)), squeeze=False)[0])
-    for ax, task in zip(axes, tasks):
+    for ax, task in zip(axes, tasks, strict=False):
         for _, name, y, s in (c for c in curves if c[0] == task):
             fpr, tpr, _ = roc_curve(y, s, drop_intermediate=True)
             ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc_score(y, s):.3f}, n={len(y)})")
@@ -299,7 +299,7 @@ def score_distribution_figure(
     for ax in axes[n:]:
         ax.set_visible(False)
     rng = np.random.default_rng(0)  # fixed jitter: the same data give the same picture
-    for ax, (title, threshold, groups) in zip(axes, panels):
+    for ax, (title, threshold, groups) in zip(axes, panels, strict=False):
         groups = [(name, np.asarray(v, dtype=float)) for name, v in groups if len(v)]
         for i, (name, values) in enumerate(groups):
             colour = LABEL_COLOURS.get(name, "#34495e")
@@ -331,8 +331,8 @@ def mmse_scatter_figure(
     n = max(1, len(panels))
     fig = new_figure(4.2 * n, 3.8)
     axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, (title, mmse, score, dx, rho, p) in zip(axes, panels):
-        dx = np.asarray(dx, dtype=object)
+    for ax, (title, mmse, score, diagnosis, rho, p) in zip(axes, panels, strict=False):
+        dx = np.asarray(diagnosis, dtype=object)
         many = dx.size > 5 * _MAX_POINTS
         for name in dict.fromkeys(dx.tolist()):
             sel = dx == name
@@ -356,8 +356,9 @@ def qc_distribution_figure(values: np.ndarray, threshold: float, *, name: str = 
     lo = min(float(values.min()) if values.size else threshold, threshold) - 0.02
     hi = max(float(values.max()) if values.size else 1.0, threshold) + 0.02
     bins = np.linspace(lo, hi, 41)
-    ax.hist(values[values >= threshold], bins=bins, color="#2471a3", label=f"passed (n={int((values >= threshold).sum()):,})")
-    ax.hist(values[values < threshold], bins=bins, color="#c0392b", label=f"flagged (n={int((values < threshold).sum()):,})")
+    ok = values >= threshold
+    ax.hist(values[ok], bins=bins, color="#2471a3", label=f"passed (n={int(ok.sum()):,})")
+    ax.hist(values[~ok], bins=bins, color="#c0392b", label=f"flagged (n={int((~ok).sum()):,})")
     ax.axvline(threshold, ls="--", color="black", lw=1, label=f"threshold {threshold:g}")
     ax.set_xlabel(name)
     ax.set_ylabel("T1w images")

@@ -15,7 +15,6 @@ sample), and say so.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -180,7 +179,8 @@ def _overview(pred: pd.DataFrame, images: pd.DataFrame, failures: Sequence[Failu
         "participants with predictions": f"{pred['participant_id'].nunique():,}",
         "T1w images with predictions": f"{len(images):,}",
         "T1w images that failed": f"{len(failures):,}",
-        "T1w images with failed QC": f"{int((~qc_pass).sum()):,}" + (f" ({(~qc_pass).mean():.1%})" if len(images) else ""),
+        "T1w images with failed QC": f"{int((~qc_pass).sum()):,}"
+        + (f" ({(~qc_pass).mean():.1%})" if len(images) else ""),
         "models": ", ".join(f"{t}: {_model_name(n, v)}" for t, n, v in models.itertuples(index=False)),
         "preprocessing": ", ".join(f"{b} ({n:,})" for b, n in backends.items()),
     }
@@ -407,7 +407,8 @@ def _mean_explanations(
         fig = figures.overlay_figure(overlays, readers.template_t1(), SPM_AFFINE)
         caption = (
             f"Mean {example.title} map per class, classes by {by}; same slices (through the peak of the classes' "
-            f"average) and colour scale for every class; values within 10% of its maximum of 0 transparent. " + "; ".join(texts)
+            f"average) and colour scale for every class; values within 10% of its maximum of 0 transparent. "
+            + "; ".join(texts)
             + f". At most {MAX_MEAN_MAPS} maps per class are averaged (a seeded random sample)."
         )
         parts.append(html.image(figures.figure_png(fig), f"mean explanation map {desc}", caption))

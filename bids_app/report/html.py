@@ -95,7 +95,9 @@ def table(
     headers = headers or {}
     titles = titles or {}
     head = "".join(
-        f'<th title="{esc(titles[c])}">{esc(headers.get(c, c))}</th>' if c in titles else f"<th>{esc(headers.get(c, c))}</th>"
+        f'<th title="{esc(titles[c])}">{esc(headers.get(c, c))}</th>'
+        if c in titles
+        else f"<th>{esc(headers.get(c, c))}</th>"
         for c in columns
     )
     body = []

@@ -30,7 +30,13 @@ import pandas as pd
 
 from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import safe_join, write_text
-from ..derivatives import PREDICTION_COLUMNS, failure_path, map_path, predictions_path, read_predictions
+from ..derivatives import (
+    PREDICTION_COLUMNS,
+    failure_path,
+    map_path,
+    predictions_path,
+    read_predictions,
+)
 from ..types import T1wUnit
 from . import figures, html, methods, readers
 
@@ -60,14 +66,20 @@ QC_MEANINGS: dict[str, str] = {
         "Spatial correlation of the GM volume map with a reference mean GMV map; the reference system's check. "
         "Low values: failed segmentation or registration, or unusual anatomy."
     ),
-    "gm_template_dice": "Overlap (Dice) of GM density > 0.5 with the template's GM > 0.5; a shifted or flipped map loses it.",
-    "gm_inside_brain_fraction": "Share of the GM density inside the template brain mask; GM outside means a failed warp.",
+    "gm_template_dice": (
+        "Overlap (Dice) of GM density > 0.5 with the template's GM > 0.5; a shifted or flipped map loses it."
+    ),
+    "gm_inside_brain_fraction": (
+        "Share of the GM density inside the template brain mask; GM outside means a failed warp."
+    ),
     "total_gmv_ml": "Total GM volume in ml; outside the adult range means a failed segmentation or a non-head input.",
     "registration_t1_correlation": "Correlation of the warped T1w with the template T1; low means the warp failed.",
     "modulation_volume_ratio": "Total GMV over native GM volume: the Jacobian bookkeeping of modulation (ideal 1).",
     "jacobian_min": "Smallest Jacobian determinant of the warp; zero or below means the warp folded.",
     "brain_mask_dice": "Overlap of the subject's brain mask with the template's after registration.",
 }
+
+_TASK_NAMES = {"ad": "Alzheimer's disease", "sex": "sex"}
 
 #: the slices of the GM maps go through the left hippocampus (MNI mm), where AD atrophy shows
 _GM_CUT_MM = (-26.0, -20.0, -14.0)
@@ -147,7 +159,9 @@ def qc_rows(qc: Mapping[str, Any] | None, prediction: Mapping[str, Any] | None =
             }
         )
     for name in sorted(flags - set(metrics)):
-        rows.append({"metric": name, "value": None, "threshold": "n/a", "verdict": False, "meaning": QC_MEANINGS.get(name, "")})
+        rows.append(
+            {"metric": name, "value": None, "threshold": "n/a", "verdict": False, "meaning": QC_MEANINGS.get(name, "")}
+        )
     return rows
 
 
@@ -191,13 +205,14 @@ def _scores_section(rows: Sequence[Mapping[str, Any]]) -> str:
         table.append(
             {
                 "model": html.esc(name),
-                "predicts": html.esc({"ad": "Alzheimer's disease", "sex": "sex"}.get(str(r.get("target")), r.get("target"))),
+                "predicts": html.esc(_TASK_NAMES.get(str(r.get("target")), r.get("target"))),
                 "score": score,
                 "threshold": threshold,
                 "label": r.get("predicted_label"),
                 "fold spread": spread,
                 "validated input": html.badge(_truthy(r.get("validated_input"))),
-                "weights sha256": "".join(f'<code title="{html.esc(s)}">{html.esc(s[:12])}</code> ' for s in sha) or "n/a",
+                "weights sha256": "".join(f'<code title="{html.esc(s)}">{html.esc(s[:12])}</code> ' for s in sha)
+                or "n/a",
             }
         )
         if np.isfinite(score):
@@ -208,7 +223,9 @@ def _scores_section(rows: Sequence[Mapping[str, Any]]) -> str:
         "threshold": PREDICTION_COLUMNS["threshold"]["Description"],
         "fold spread": PREDICTION_COLUMNS["fold_score_sd"]["Description"],
         "validated input": PREDICTION_COLUMNS["validated_input"]["Description"],
-        "weights sha256": "First 12 hex digits of each fold's weights checksum (hover for all; full values under Provenance).",
+        "weights sha256": (
+            "First 12 hex digits of each fold's weights checksum (hover for all; full values under Provenance)."
+        ),
     }
     parts = [html.table(table, columns, titles=titles, raw=("model", "predicts", "validated input", "weights sha256"))]
     if fig_rows:
@@ -433,8 +450,10 @@ def write_participant_report(output_dir: Path, unit: T1wUnit) -> Path:
     for kind, side in sidecars.items():
         provenance.append(html.details(f"{kind} map sidecar", html.pre(json.dumps(side, indent=2, default=str))))
     if rows:
-        shas = {f"{r.get('target')}: {r.get('model_name')} {r.get('model_version') or ''}".strip(): r.get("model_sha256")
-                for r in rows}
+        shas = {
+            f"{r.get('target')}: {r.get('model_name')} {r.get('model_version') or ''}".strip(): r.get("model_sha256")
+            for r in rows
+        }
         provenance.append(html.details("Model weights sha256", html.key_value_table(shas)))
     for side in explain_sides:
         provenance.append(html.details(f"{side['_file']} sidecar",

@@ -67,7 +67,10 @@ def load_volume(path: Path) -> np.ndarray | None:
     if not path.is_file():
         return None
     try:
-        return to_grid(nib.load(path))
+        img = nib.load(path)
+        if not isinstance(img, nib.spatialimages.SpatialImage):
+            raise TypeError(f"not a spatial image ({type(img).__name__})")
+        return to_grid(img)
     except Exception as exc:  # noqa: BLE001 - any unreadable image is left out of the report, not fatal
         logger.warning("%s: cannot be read (%s); left out of the report", path, exc)
         return None
