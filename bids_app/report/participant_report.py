@@ -79,6 +79,7 @@ QC_MEANINGS: dict[str, str] = {
     "brain_mask_dice": "Overlap of the subject's brain mask with the template's after registration.",
 }
 
+_METHODS_NOTE = '<p class="muted">Generated from this run\'s parameters; paste it into a paper with its references.</p>'
 _TASK_NAMES = {"ad": "Alzheimer's disease", "sex": "sex"}
 
 #: the slices of the GM maps go through the left hippocampus (MNI mm), where AD atrophy shows
@@ -421,30 +422,36 @@ def write_participant_report(output_dir: Path, unit: T1wUnit) -> Path:
         "preprocessing": f"{backend} ({backend_version})" if backend and backend_version else (backend or "n/a"),
     }
     body.append(html.key_value_table(overview))
-    body.append(_scores_section(rows))
-    body.append(_registration_section(output_dir, unit, dict(maps).get("GMD")))
-    body.append(_gm_section(maps))
-    body.append(_qc_section(qc, first))
-    explain_html, explain_sides = _explanations_section(output_dir, unit)
-    if explain_html:
-        body.append(explain_html)
-
-    paragraphs, references = methods.participant_methods(
-        backend=backend,
-        backend_version=backend_version,
-        provenance=main_side.get("Provenance") if isinstance(main_side.get("Provenance"), Mapping) else {},
-        qc=qc,
-        models=rows,
-        explanations=explain_sides,
-    )
-    body.append(
-        html.section(
-            "Methods",
-            "<p class=\"muted\">Generated from this run's parameters; paste into a paper and keep the references.</p>",
-            html.methods_block(paragraphs, references),
-            anchor="methods",
+    failed_only = failure is not None and not rows and not maps
+    explain_html, explain_sides = ("", []) if failed_only else _explanations_section(output_dir, unit)
+    anchors = [("failure", "Failure")] if failure is not None and not rows else []
+    if not failed_only:  # a T1w that failed before any output has nothing more to show
+        body.append(_scores_section(rows))
+        body.append(_registration_section(output_dir, unit, dict(maps).get("GMD")))
+        body.append(_gm_section(maps))
+        body.append(_qc_section(qc, first))
+        if explain_html:
+            body.append(explain_html)
+        paragraphs, references = methods.participant_methods(
+            backend=backend,
+            backend_version=backend_version,
+            provenance=main_side.get("Provenance") if isinstance(main_side.get("Provenance"), Mapping) else {},
+            qc=qc,
+            models=rows,
+            explanations=explain_sides,
         )
-    )
+        body.append(
+            html.section(
+                "Methods",
+                _METHODS_NOTE,
+                html.methods_block(paragraphs, references),
+                anchor="methods",
+            )
+        )
+        anchors += [("scores", "Scores"), ("registration", "Registration"), ("maps", "GM maps"), ("qc", "QC")]
+        if explain_html:
+            anchors.append(("explanations", "Explanations"))
+        anchors.append(("methods", "Methods"))
 
     provenance = []
     for kind, side in sidecars.items():
@@ -466,10 +473,7 @@ def write_participant_report(output_dir: Path, unit: T1wUnit) -> Path:
                       "output directory; it reads nothing else.</p>")
     body.append(html.section("Provenance", html.details("Sidecars and checksums", *provenance), anchor="provenance"))
 
-    anchors = [("scores", "Scores"), ("registration", "Registration"), ("maps", "GM maps"), ("qc", "QC")]
-    if explain_html:
-        anchors.append(("explanations", "Explanations"))
-    anchors += [("methods", "Methods"), ("provenance", "Provenance")]
+    anchors.append(("provenance", "Provenance"))
     body.insert(0, html.nav(anchors))
     document = html.page(
         f"vbm-predict report: {unit.prefix}",
