@@ -201,6 +201,8 @@ def test_group_report(outputs):
     expected = f"10 T1-weighted images of 8 participants were processed with vbm-predict 0.1.0 ({n_failed} further"
     assert expected in methods
     assert "1,000 random subsamples of 50%" in methods and html.escape(REFERENCES["lu2022"]) in methods
+    # the ANTs parameters come from a map sidecar of an image made with it (sub-09)
+    assert "SyN iterations 70x50x10" in methods and html.escape(REFERENCES["routier2021"]) in methods
 
 
 def test_group_report_stays_small_at_scale(tmp_path):

@@ -418,11 +418,20 @@ def _mean_explanations(
     return html.section("Mean explanation maps", *parts, anchor="explanations"), sidecars
 
 
-def _methods(pred: pd.DataFrame, images: pd.DataFrame, inputs: GroupReportInputs, explanations: list) -> str:
+def _methods(
+    output_dir: Path, pred: pd.DataFrame, images: pd.DataFrame, inputs: GroupReportInputs, explanations: list
+) -> str:
     backends: dict[str, tuple[int, str]] = {}
+    provenance: dict[str, dict[str, Any]] = {}
     for backend, g in images.groupby(images["preproc_backend"].fillna("n/a"), sort=True):
         versions = sorted(g["preproc_backend_version"].dropna().astype(str).unique())
         backends[str(backend)] = (len(g), "; ".join(versions[:5]) + (" and others" if len(versions) > 5 else ""))
+        for source in g["source_file"].dropna().head(3):  # the parameters, from one image's map sidecar
+            folder, prefix = readers.unit_location(output_dir, str(source))
+            side = readers.read_json(folder / f"{prefix}_space-{SPACE}_label-GM_desc-modulated_probseg.json")
+            if side and isinstance(side.get("Provenance"), dict):
+                provenance[str(backend)] = side["Provenance"]
+                break
     models = pred.drop_duplicates(subset=["target", "model_name", "model_version"]).to_dict(orient="records")
     paragraphs, references = methods.group_methods(
         backends=backends,
@@ -432,6 +441,7 @@ def _methods(pred: pd.DataFrame, images: pd.DataFrame, inputs: GroupReportInputs
         n_failed=len(inputs.failures),
         evaluated=inputs.evaluation is not None and not inputs.evaluation.empty,
         explanations=explanations,
+        provenance=provenance,
     )
     return html.section(
         "Methods",
@@ -478,7 +488,7 @@ def write_group_report(output_dir: Path, inputs: GroupReportInputs | None = None
     ]
     if explain_html:
         body.append(explain_html)
-    body += [_qc(output_dir, images, inputs.failures), _methods(pred, images, inputs, explain_sides),
+    body += [_qc(output_dir, images, inputs.failures), _methods(output_dir, pred, images, inputs, explain_sides),
              _provenance(pred, inputs)]
     anchors = [("overview", "Overview"), ("evaluation", "Evaluation"), ("figures", "Figures"), ("scores", "Scores")]
     if explain_html:

@@ -247,10 +247,12 @@ def group_methods(
     n_failed: int,
     evaluated: bool,
     explanations: Sequence[Mapping[str, Any]] = (),
+    provenance: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """(paragraphs, references) describing the group analysis and what it combined.
 
-    ``backends`` maps each preprocessing backend to (number of T1w, its versions joined by '; ').
+    ``backends`` maps each preprocessing backend to (number of T1w, its versions joined by '; ');
+    ``provenance`` each backend to the ``Provenance`` of one of its map sidecars (its parameters).
     """
     cite = _Citations()
     used = ", ".join(f"{name} ({n:,} T1w)" for name, (n, _) in backends.items()) or "not recorded"
@@ -260,7 +262,8 @@ def group_methods(
         f"{'were' if n_failed != 1 else 'was'} excluded). Preprocessing backends: {used}."
     ]
     for name, (_, versions) in backends.items():
-        paragraphs.append(_backend_sentence(name, versions or "version not recorded", {}, cite))
+        prov = (provenance or {}).get(name) or {}
+        paragraphs.append(_backend_sentence(name, versions or "version not recorded", prov, cite))
     paragraphs.append(_qc_sentence(None, cite))
     model_text = _model_sentences(models, cite)
     if model_text:
