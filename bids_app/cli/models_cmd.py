@@ -107,11 +107,13 @@ def _load_array(path: Path, channels_last: bool) -> Any:
 
 def _score(args: argparse.Namespace) -> int:
     from ..models import load_package, predict
+    from ..models.device import resolve_device
 
     x = _load_array(args.input, args.channels_last)
-    pkg = load_package(args.package, device="cpu" if args.device == "cpu" else args.device)
+    device = str(resolve_device(args.device))  # a usage error (64) before anything is loaded
+    pkg = load_package(args.package, device=device)
     try:
-        scores = predict(pkg, x, device=args.device, precision=args.precision, batch_size=args.batch_size)
+        scores = predict(pkg, x, device=device, precision=args.precision, batch_size=args.batch_size)
     except (ValueError, TypeError) as exc:
         raise InputDataError(f"{args.input}: {exc}") from None
     out = {

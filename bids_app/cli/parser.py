@@ -63,11 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     sel = parser.add_argument_group("selecting data")
     sel.add_argument(
         "--participant-label", "--participant_label", dest="participant_label", nargs="+", default=[],
-        metavar="LABEL", help="participants to process (sub- prefix optional) or files with one label per line",
+        metavar="LABEL", help="participants to process (sub- prefix optional); @FILE reads one label per line "
+                              "of FILE (a plain value is always a label, never a file name)",
     )
     sel.add_argument(
         "--session-label", "--session_label", dest="session_label", nargs="+", default=[],
-        metavar="LABEL", help="sessions to process (ses- prefix optional)",
+        metavar="LABEL", help="sessions to process (ses- prefix optional); @FILE reads them from FILE",
+    )
+    sel.add_argument(
+        "--bids-filter-file", "--bids_filter_file", dest="bids_filter_file", type=Path, default=None,
+        metavar="FILE", help='JSON of pybids filters for the T1w images, e.g. {"t1w": {"acquisition": "mprage", '
+                             '"reconstruction": null}} (null: entity absent)',
     )
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                      action="store_true", help="do not run the BIDS validator on the input")
@@ -90,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     res = parser.add_argument_group("resources")
     res.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
-                     help="scratch directory (resumable); default: <output_dir>/../.<name>-work")
+                     help="scratch directory (resumable; per-T1w scratch removed once its outputs are "
+                          "written); default: <output_dir>/.work")
     res.add_argument("--nprocs", "--n_cpus", "--nthreads", dest="nprocs", type=positive_int, default=1,
                      help="CPU threads for preprocessing and inference")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-v info, -vv debug)")
