@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, NoInputError, UsageError
-from .parser import positive_int
+from .parser import device_name, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -45,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("package", type=Path, metavar="PACKAGE_DIR")
     sc.add_argument("--input", required=True, type=Path, metavar="ARRAY.npy")
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
-    sc.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    sc.add_argument("--device", default="cpu", type=device_name, metavar="{auto,cpu,cuda,cuda:N}")
     sc.add_argument("--precision", default="auto", choices=("auto", "fp32", "fast", "fused", "bf16"))  # = models.PRECISIONS (torch-free here)
     sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)

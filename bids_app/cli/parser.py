@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 
-__all__ = ["build_parser", "positive_int", "ANALYSIS_LEVELS"]
+__all__ = ["build_parser", "positive_int", "device_name", "ANALYSIS_LEVELS"]
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -32,6 +32,15 @@ def _threshold(value: str) -> float:
     if not 0.0 < t < 1.0:
         raise argparse.ArgumentTypeError(f"a threshold must lie strictly between 0 and 1; got {t}")
     return t
+
+
+def device_name(value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (whether the machine has it is checked at the start of
+    the run, by :func:`bids_app.models.device.resolve_device`)."""
+    name = value.strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N; got {value!r}")
 
 
 def positive_int(value: str) -> int:
@@ -89,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--models", default=None, metavar="DIR",
                       help="directory of model packages; 'demo' = synthetic demo models; default: "
                            "$VBM_PREDICT_MODELS (set in the container)")
-    proc.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the models run")
+    proc.add_argument("--device", type=device_name, default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                      help="where the models run (checked before any preprocessing)")
     proc.add_argument("--ad-threshold", type=_threshold, default=0.5,
                       help="AD decision threshold (the authors suggest 0.3 for screening)")
     proc.add_argument("--no-reports", dest="reports", action="store_false", help="skip HTML reports")

@@ -100,6 +100,7 @@ def load_t1w(path: Path) -> nib.Nifti1Image:
     path = Path(path)
     if not path.is_file():
         raise NoInputError(f"{path}: T1w file not found")
+    _check_readable(path)
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         raise InputDataError(f"{path}: expected a NIfTI file (.nii or .nii.gz)")
@@ -216,6 +217,7 @@ def check_t1w_header(path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise NoInputError(f"{path}: T1w file not found (or a broken symlink)")
+    _check_readable(path)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises several unrelated types for bad headers
@@ -225,6 +227,15 @@ def check_t1w_header(path: Path) -> None:
         len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)
     ):
         raise InputDataError(f"{path}: the T1w must be one 3D NIfTI volume; got {type(img).__name__} {shape}")
+
+
+def _check_readable(path: Path) -> None:
+    """A file the app's user may not read is a missing input (exit 66), not a corrupt one."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise NoInputError(f"{path}: cannot read the T1w (permission denied); give the app's user read access") from exc
 
 
 def _check_gzip(path: Path) -> None:
