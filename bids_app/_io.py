@@ -61,7 +61,8 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.{_host()}.{os.getpid()}.", suffix=f".part{suffix}", dir=final.parent)
+    prefix = f".{final.name}.{_host()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".part{suffix}", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -52,6 +52,8 @@ ENTITY_KEYS: dict[str, str] = {
 }
 #: query keys a filter file may not change: the app reads anatomical T1w NIfTI images only
 _FIXED_QUERY = ("suffix", "datatype", "extension")
+#: top-level folders pybids does not index (its default ignore list), so their permissions do not matter
+_NOT_INDEXED = ("derivatives", "sourcedata", "code", "stimuli", "models")
 #: the image types a ``--bids-filter-file`` may select (NiPreps-style keys)
 FILTER_KEYS = ("t1w",)
 
@@ -160,7 +162,7 @@ def _unreadable_dirs(bids_dir: Path) -> list[Path]:
         bad.append(Path(exc.filename) if exc.filename else bids_dir)
 
     for root, dirs, _files in os.walk(bids_dir, onerror=onerror):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("derivatives", "sourcedata", "code")]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _NOT_INDEXED]
         for d in dirs:
             full = Path(root, d)
             if not os.access(full, os.R_OK | os.X_OK):

@@ -1,4 +1,4 @@
-"""One T1w through the stages: input check -> preprocessing -> QC gate -> model input -> models -> outputs.
+"""One T1w through the stages: input check, preprocessing, QC gate, model input, models, outputs.
 
 :func:`process_unit` is the whole participant-level work for one :class:`~bids_app.types.T1wUnit`.
 It never touches other units' files, writes every output atomically, and caches the preprocessing

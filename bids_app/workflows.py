@@ -93,7 +93,8 @@ class RunSummary:
             lines.append(f"  {r.unit.prefix}: {status}")
         lines.append(f"Outputs: {self.output_dir}")
         if self.failed:
-            lines.append(f"Failure records: {self.output_dir}/sub-*/**/*_failure.json; logs: {self.output_dir / 'logs'}")
+            lines.append(f"Failure records: {self.output_dir}/sub-*/**/*_failure.json; "
+                         f"logs: {self.output_dir / 'logs'}")
         return "\n".join(lines)
 
 
@@ -152,7 +153,8 @@ def _load_packages(models_dir: Path, device: str) -> list[Any]:
     for p in packages:
         _log.info("model %s %s (%s, %d fold(s)) from %s", p.name, p.version, p.task, len(p.sha256), p.path)
         if p.trained_on_synthetic:
-            _log.warning("model %s was trained on synthetic data only: its predictions mean nothing for real data", p.name)
+            _log.warning("model %s was trained on synthetic data only: its predictions mean nothing for real data",
+                         p.name)
     return packages
 
 

@@ -82,10 +82,10 @@ def test_symlink_in_work_dir_into_the_input_is_refused_and_input_untouched(study
 
 
 def test_unexpected_exception_becomes_a_failure_record_with_70(study, tmp_path, tiny_models):
+    from bids_app.discovery import discover_units
     from bids_app.participant import UnitOptions
     from bids_app.preproc.existing import DerivativesBackend
     from bids_app.workflows import _load_packages, run_unit
-    from bids_app.discovery import discover_units
 
     bids, maps = study
 

@@ -71,7 +71,7 @@ def test_non_heads_are_refused(tmp_path, kind):
         data = ndimage.gaussian_filter(rng.random(shape), 3) * 1000
     else:  # a uniform ellipsoid in air: big and bright, but no tissues
         ijk = np.indices(shape, dtype=np.float32)
-        r = sum(((ijk[a] - (shape[a] - 1) / 2) / rad) ** 2 for a, rad in zip(range(3), (60, 70, 60)))
+        r = sum(((ijk[a] - (shape[a] - 1) / 2) / rad) ** 2 for a, rad in zip(range(3), (60, 70, 60), strict=True))
         data = np.where(r < 1, 800.0, 5.0) + rng.normal(0, 20, shape)
     path = _save(tmp_path / f"{kind}.nii.gz", data)
     with pytest.raises(InputDataError, match=rf"{kind}\.nii\.gz: .*(does not look like a head|brighter than)"):
@@ -200,7 +200,8 @@ def test_bids_filter_file(tmp_path, capsys, tiny_models):
     assert len(discover_units(bids, bids_filters=load_bids_filters(short))) == 2
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"t1w": {"acquisiton": "mprage"}}))
-    with pytest.raises(UsageError, match="unknown BIDS entity 'acquisiton' in 't1w' \\(did you mean 'acquisition'\\?\\)"):
+    hint = "unknown BIDS entity 'acquisiton' in 't1w' \\(did you mean 'acquisition'\\?\\)"
+    with pytest.raises(UsageError, match=hint):
         load_bids_filters(bad)
     code = main([str(bids), str(tmp_path / "out"), "participant", "--skip-bids-validation",
                  "--models", str(tiny_models), "--bids-filter-file", str(bad)])
