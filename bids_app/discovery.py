@@ -231,8 +231,10 @@ def discover_units(
 
         for d in unreadable:
             _log.warning("skipping the unreadable folder %s (no selected participant in it)", d)
+        from bids.layout import BIDSLayoutIndexer
+
         skip = [re.compile("^/" + re.escape(d.relative_to(bids_dir).as_posix()) + "(/|$)") for d in unreadable]
-        extra["ignore"] = [*DEFAULT_LOCATIONS_TO_IGNORE, *skip]
+        extra["indexer"] = BIDSLayoutIndexer(ignore=[*DEFAULT_LOCATIONS_TO_IGNORE, *skip])
     try:
         layout = BIDSLayout(str(bids_dir), validate=False, derivatives=False, **extra)
     except PermissionError as exc:

@@ -86,13 +86,20 @@ def _file_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 
+#: backend attributes that do not change the maps (so a change must not invalidate the cache)
+_NOT_PARAMETERS = ("nprocs", "env")
+
+
 def _backend_parameters(backend: PreprocBackend) -> Any:
+    """The backend's parameters: its ``params`` dataclass when it has one, else its public plain
+    attributes (paths as text), without those that only change speed (:data:`_NOT_PARAMETERS`)."""
     params = getattr(backend, "params", None)
     if params is not None and dataclasses.is_dataclass(params) and not isinstance(params, type):
-        return dataclasses.asdict(params)
-    extra = {k: v for k, v in vars(backend).items() if isinstance(v, (str, int, float, bool, type(None)))
-             and k not in ("nprocs",)}
-    return json.loads(json.dumps(extra, default=str))
+        return json.loads(json.dumps(dataclasses.asdict(params), default=str))
+    plain = {k: str(v) if isinstance(v, Path) else v for k, v in vars(backend).items()
+             if not k.startswith("_") and k not in _NOT_PARAMETERS
+             and isinstance(v, (str, int, float, bool, type(None), Path))}
+    return plain
 
 
 def cache_key(backend: PreprocBackend, unit: T1wUnit) -> dict[str, Any]:
@@ -276,10 +283,19 @@ def process_unit(
         "backend": backend.name, "backend_version": backend.version(),
         "maps": {k: maps.provenance.get(k) for k in ("GMDFile", "GMDSha256", "GMVFile", "GMVSha256")},
     }
-    for kind, data in (("GMD", maps.gmd), ("GMV", maps.gmv)):
-        path = map_path(options.output_dir, unit, kind)
-        write_map(path, data, map_sidecar(unit, options.bids_dir, maps, qc, kind, fingerprint))
-        result.outputs.append(path)
+    written: list[Path] = []
+    try:
+        for kind, data in (("GMD", maps.gmd), ("GMV", maps.gmv)):
+            path = map_path(options.output_dir, unit, kind)
+            write_map(path, data, map_sidecar(unit, options.bids_dir, maps, qc, kind, fingerprint))
+            written.append(path)
+    except BaseException:  # never a GMD without its GMV (e.g. the disk filled up in between)
+        for kind in ("GMD", "GMV"):
+            path = map_path(options.output_dir, unit, kind)
+            for stale in (path, path.with_name(path.name.replace(".nii.gz", ".json"))):
+                stale.unlink(missing_ok=True)
+        raise
+    result.outputs.extend(written)
 
     result.step = "qc gate"
     if hard:

@@ -132,7 +132,12 @@ class TemplateBackend:
     name = "template"
 
     def __init__(self, gmd: np.ndarray, version: str = "1"):
-        self.gmd, self._version, self.calls = gmd, version, 0
+        self._gmd, self._version, self._calls = gmd, version, 0
+        self.smoothing_mm = 0.0  # a parameter: part of the cache key
+
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     def available(self) -> bool:
         return True
@@ -141,9 +146,9 @@ class TemplateBackend:
         return self._version
 
     def run(self, unit, work_dir):
-        self.calls += 1
+        self._calls += 1
         level = float(np.asarray(nib.load(unit.path).dataobj).mean())
-        return GMMaps(gmd=self.gmd, gmv=self.gmd * np.float32(level / 100.0), backend=self.name,
+        return GMMaps(gmd=self._gmd, gmv=self._gmd * np.float32(level / 100.0), backend=self.name,
                       backend_version=self._version, provenance={"level": level})
 
 
@@ -165,8 +170,13 @@ def test_cache_is_valid_only_for_the_same_t1w_and_backend(tmp_path, mni_gm_maps,
         second = cached_preprocessing(backend, unit, work)
     assert backend.calls == 2 and second.provenance["level"] != first.provenance["level"]
     assert "recomputing the preprocessing: the T1w" in caplog.text
-    cached_preprocessing(TemplateBackend(mni_gm_maps[0], version="2"), unit, work)  # another version
-    assert "the backend version changed" in caplog.text
+    with caplog.at_level(logging.INFO, logger="bids_app"):
+        cached_preprocessing(TemplateBackend(mni_gm_maps[0], version="2"), unit, work)  # another version
+        assert "the backend version changed" in caplog.text
+        changed = TemplateBackend(mni_gm_maps[0], version="2")
+        changed.smoothing_mm = 4.0
+        cached_preprocessing(changed, unit, work)  # another parameter
+        assert "the parameters changed" in caplog.text and changed.calls == 1
 
 
 def test_another_derivatives_folder_is_never_served_from_the_cache(tmp_path, mni_gm_maps, tiny_models):
