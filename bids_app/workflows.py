@@ -279,9 +279,9 @@ def run_unit(unit: T1wUnit, backend: PreprocBackend, packages: Sequence[Any], op
             work = safe_mkdir(options.work_dir, unit.prefix)
             with _unit_lock(work, unit):
                 process_unit(unit, backend, packages, options, result=result)
-            stale = failure_path(options.output_dir, unit)
-            if stale.exists():  # an earlier failed attempt of this unit now succeeded
-                stale.unlink()
+            for stale in (failure_path(options.output_dir, unit),  # an earlier failed attempt now succeeded
+                          safe_join(options.output_dir, "logs", f"{unit.prefix}_failure.json")):
+                stale.unlink(missing_ok=True)
         except Exception as exc:  # one T1w failing must not stop the others
             if isinstance(exc, VBMPredictError):
                 _log.error("%s failed at %s: %s", unit.prefix, result.step, exc)
