@@ -146,7 +146,7 @@ def _unit_dir(output_dir: Path, unit: T1wUnit) -> Path:
 def map_path(output_dir: Path, unit: T1wUnit, kind: str) -> Path:
     """Path of a GM map: ``kind`` is ``GMD`` (unmodulated) or ``GMV`` (modulated)."""
     desc = {"GMD": "", "GMV": "_desc-modulated"}[kind]
-    name = f"{_entities_prefix(unit)}_space-{SPACE}_label-GM{desc}_probseg.nii.gz"
+    name = f"{unit.with_space(SPACE)}_label-GM{desc}_probseg.nii.gz"
     return _unit_dir(output_dir, unit) / name
 
 
@@ -167,7 +167,7 @@ def unit_output_names(unit: T1wUnit) -> list[str]:
     prefix = _entities_prefix(unit)
     names = []
     for desc in ("", "_desc-modulated"):
-        base = f"{prefix}_space-{SPACE}_label-GM{desc}_probseg"
+        base = f"{unit.with_space(SPACE)}_label-GM{desc}_probseg"
         names += [f"{base}.nii.gz", f"{base}.json"]
     names += [f"{prefix}_predictions.tsv", f"{prefix}_predictions.json", f"{prefix}_failure.json"]
     return names

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "ENTITY_ORDER",
+    "AFTER_SPACE",
     "PreprocName",
     "DeviceName",
     "T1wUnit",
@@ -37,8 +38,10 @@ __all__ = [
 #: (BIDS-Derivatives: source entities are kept), then add ``space``/``res``/``label``/``desc``.
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
-    "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "recording", "chunk",
+    "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "split", "recording", "chunk",
 )
+#: entities BIDS places after ``space`` in a derivative's name (schema ``rules/entities``)
+AFTER_SPACE: tuple[str, ...] = ("split", "recording", "chunk")
 
 PreprocName = Literal["auto", "clinica", "ants", "derivatives"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -79,9 +82,19 @@ class T1wUnit:
     @property
     def prefix(self) -> str:
         """``sub-01_ses-1_run-2``: the entity part of every output name of this unit."""
+        return "_".join(f"{k}-{self.entities[k]}" for k in self._keys())
+
+    def _keys(self) -> list[str]:
         known = [k for k in ENTITY_ORDER if self.entities.get(k)]
-        extra = sorted(k for k in self.entities if k not in ENTITY_ORDER and self.entities.get(k))
-        return "_".join(f"{k}-{self.entities[k]}" for k in (*known, *extra))
+        return known + sorted(k for k in self.entities if k not in ENTITY_ORDER and self.entities.get(k))
+
+    def with_space(self, space: str) -> str:
+        """``sub-01_part-mag_space-X_chunk-2``: the entity part of a derivative in ``space``, with
+        ``space`` where BIDS puts it (before ``split``, ``recording`` and ``chunk``)."""
+        keys = self._keys()
+        before = [f"{k}-{self.entities[k]}" for k in keys if k not in AFTER_SPACE]
+        after = [f"{k}-{self.entities[k]}" for k in keys if k in AFTER_SPACE]
+        return "_".join([*before, f"space-{space}", *after])
 
     @property
     def subdir(self) -> Path:

@@ -18,11 +18,11 @@ from bids_app.discovery import discover_units
 from bids_app.errors import EXIT_DATA, InputDataError
 from bids_app.validation import run_validator
 
-from .conftest import make_bids, write_t1w
-from .test_app_end_to_end import write_bids_derivatives
+from .conftest import make_bids, write_grid_map, write_t1w
+from .test_app_end_to_end import unit_maps, write_bids_derivatives
 
 #: each T1w entity with two values (BIDS schema: anat nonparametric T1w entities)
-T1W_ENTITIES = {
+T1W_ENTITIES = {  # inv, flip, mt: pybids parses them, BIDS allows them for other anat suffixes
     "task": ("rest", "motor"),
     "acq": ("mprage", "spgr"),
     "ce": ("gad", "none"),
@@ -76,9 +76,15 @@ def test_every_t1w_entity_combination_gets_its_own_outputs(tmp_path):
                  lambda u: predictions_path(out, u), lambda u: failure_path(out, u), lambda u: log_path(out, u)):
         paths = [make(u) for u in units]
         assert len(set(paths)) == len(units)
-    for u in units:  # the source entities are kept, in BIDS order, in the output name
+    for u in units:  # the source entities are kept, in BIDS order (chunk after space), in the output name
         source = u.path.name.replace("_T1w.nii.gz", "")
-        assert map_path(out, u, "GMD").name == f"{source}_space-IXI549Space_label-GM_probseg.nii.gz"
+        name = map_path(out, u, "GMD").name
+        if "_chunk-" in source:
+            head, chunk = source.rsplit("_chunk-", 1)
+            assert name == f"{head}_space-IXI549Space_chunk-{chunk}_label-GM_probseg.nii.gz"
+        else:
+            assert name == f"{source}_space-IXI549Space_label-GM_probseg.nii.gz"
+        assert predictions_path(out, u).name == f"{source}_predictions.tsv"
 
 
 def test_nii_and_niigz_twins_are_refused_before_anything_is_written(tmp_path, tiny_models, capsys):
@@ -95,12 +101,19 @@ def test_nii_and_niigz_twins_are_refused_before_anything_is_written(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_t1w_differing_in_echo_part_chunk_inv_run_through_to_distinct_valid_outputs(tmp_path, mni_gm_maps, tiny_models):
-    """ds004332 / mri_chunk-like layouts: 6 T1w of one participant, 6 sets of outputs, a valid dataset."""
+def test_t1w_differing_in_echo_part_chunk_task_get_distinct_valid_outputs(tmp_path, mni_gm_maps, tiny_models):
+    """ds004332 / mri_chunk-like layouts: 6 T1w of one participant, 6 sets of outputs, a valid dataset.
+
+    (Every entity the BIDS schema allows for a T1w: task, acq, ce, rec, run, echo, part, chunk.)"""
     units = ["sub-01_echo-1", "sub-01_echo-2", "sub-01_part-mag_chunk-1", "sub-01_part-mag_chunk-2",
-             "sub-01_inv-1", "sub-01_inv-2"]
+             "sub-01_task-rest_acq-mprage", "sub-01_task-rest_acq-mprage_rec-norm_run-1"]
     bids = make_bids(tmp_path / "bids", units)
-    maps = write_bids_derivatives(tmp_path / "maps", mni_gm_maps[0], units=units)
+    maps = tmp_path / "maps"  # maps named as this app names them (chunk after space)
+    write_bids_derivatives(maps, mni_gm_maps[0], units=[])
+    for i, unit in enumerate(discover_units(bids)):
+        d, v = unit_maps(mni_gm_maps[0], i)
+        write_grid_map(map_path(maps, unit, "GMD"), d)
+        write_grid_map(map_path(maps, unit, "GMV"), v)
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--skip-bids-validation", "--preproc", "derivatives",
                  "--derivatives", str(maps), "--models", str(tiny_models), "--no-reports"])

@@ -121,8 +121,12 @@ class DerivativesBackend:
         anat = self.root.joinpath(unit.subdir)
         if not anat.is_dir():
             return None
+        # the BIDS place of space (before chunk: this app's outputs), or after every source entity
+        entities = re.escape(unit.with_space("SPACE")).replace("SPACE", "[A-Za-z0-9]+")
+        legacy = re.escape(unit.prefix) + r"_space-[A-Za-z0-9]+"
         pattern = re.compile(
-            re.escape(unit.prefix) + r"_space-[A-Za-z0-9]+(?:_res-[A-Za-z0-9]+)?_label-GM(?P<desc>_desc-[A-Za-z0-9]+)?_probseg\.nii(?:\.gz)?$"
+            f"(?:{entities}|{legacy})"
+            + r"(?:_res-[A-Za-z0-9]+)?_label-GM(?P<desc>_desc-[A-Za-z0-9]+)?_probseg\.nii(?:\.gz)?$"
         )
         gmd = gmv = None
         for path in sorted(anat.iterdir()):
