@@ -221,6 +221,10 @@ class _UnitLog:
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.handler.emit = lambda record: self.lines.append(fmt.format(record))  # type: ignore[method-assign]
 
+    def note(self, text: str) -> None:
+        """Add ``text`` to this unit's log only (e.g. a traceback: not for the console)."""
+        self.lines.append(text)
+
     def __enter__(self) -> "_UnitLog":
         logging.getLogger("bids_app").addHandler(self.handler)
         return self
@@ -285,11 +289,11 @@ def run_unit(unit: T1wUnit, backend: PreprocBackend, packages: Sequence[Any], op
         except Exception as exc:  # one T1w failing must not stop the others
             if isinstance(exc, VBMPredictError):
                 _log.error("%s failed at %s: %s", unit.prefix, result.step, exc)
-                _log.debug("details:\n%s", traceback.format_exc())
             else:
                 _log.error("%s failed at %s with an unexpected %s: %s (traceback in %s)", unit.prefix,
                            result.step, type(exc).__name__, _describe(exc), log_file)
-                _log.debug("traceback:\n%s", traceback.format_exc())
+            if isinstance(unit_log, _UnitLog):  # the traceback goes to the unit's log, not the console
+                unit_log.note(traceback.format_exc())
             _record_failure(options.output_dir, result, exc, log_file)
     return result
 
