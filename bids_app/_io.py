@@ -4,6 +4,10 @@ Every writer in the app goes through these helpers: data are written to a tempor
 destination directory, flushed and fsync'ed, then renamed over the final name (``os.replace`` is
 atomic on POSIX within one file system). Several jobs writing the same file therefore leave one
 complete version, never a mix.
+
+Temporary names carry the host and process id (``.<final>.<host>.<pid>.<random>.part<ext>``), so
+:func:`remove_stale_partials` deletes only what a dead job left: two jobs working on the same files
+never delete each other's in-flight files.
 """
 
 from __future__ import annotations
@@ -11,11 +15,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "safe_join", "sha256_file"]
+from .errors import OutputError
+
+__all__ = [
+    "atomic_path",
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "safe_join",
+    "safe_mkdir",
+    "remove_stale_partials",
+    "sha256_file",
+]
+
+#: a ``.part`` file of another host is taken for stale only after this long (no way to ask its pid)
+FOREIGN_PARTIAL_AGE_S = 24 * 3600.0
+
+
+def _host() -> str:
+    return "".join(c for c in socket.gethostname().split(".")[0] if c.isalnum() or c == "-") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -27,7 +61,8 @@ def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
+    prefix = f".{final.name}.{_host()}.{os.getpid()}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".part{suffix}", dir=final.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -71,13 +106,65 @@ def safe_join(root: Path, *parts: str | os.PathLike[str]) -> Path:
     """Join ``parts`` below ``root`` and refuse any result that escapes ``root``.
 
     Paths built from input data (labels, file names) go through this, so a label such as
-    ``../../etc`` can never make the app write outside the output directory.
+    ``../../etc`` or a symlink planted inside ``root`` can never make the app write outside it.
+    Raises :class:`~bids_app.errors.OutputError` (exit code 73).
     """
     root = Path(root).resolve()
-    candidate = root.joinpath(*[str(p) for p in parts]).resolve()
+    joined = root.joinpath(*[str(p) for p in parts])
+    candidate = joined.resolve()
     if candidate != root and root not in candidate.parents:
-        raise ValueError(f"path {candidate} escapes the output directory {root}")
+        raise OutputError(
+            f"{joined} leads to {candidate}, outside {root} (a symlink or '..' in the path); "
+            "remove it, outputs are written only inside their directory"
+        )
     return candidate
+
+
+def safe_mkdir(root: Path, *parts: str | os.PathLike[str]) -> Path:
+    """Create ``root/parts...`` (and parents) and check, after creating it, that it still lies in ``root``.
+
+    Checking after ``mkdir`` closes the gap a symlink planted between the check and the creation
+    would open. Raises :class:`~bids_app.errors.OutputError`.
+    """
+    path = safe_join(root, *parts)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {path}: {exc.strerror or exc}") from exc
+    return safe_join(root, path.relative_to(Path(root).resolve()))
+
+
+def remove_stale_partials(folder: Path, names: Iterator[str] | list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """Delete ``.part`` files that dead jobs left in ``folder`` (for ``names`` only, or all when empty).
+
+    A file is stale when its job ran on this host and its pid is gone, or when it was made on
+    another host more than :data:`FOREIGN_PARTIAL_AGE_S` ago. Files of live jobs are kept.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    names = tuple(names)
+    patterns = [f".{n}.*.part*" for n in names] if names else [".*.part*"]
+    host = _host()
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            rest = path.name[1:].split(".part", 1)[0].split(".")
+            try:  # <final...>.<host>.<pid>.<random>
+                pid, owner = int(rest[-2]), rest[-3]
+            except (IndexError, ValueError):
+                pid, owner = -1, ""  # an old-style name: no owner recorded
+            try:
+                if owner == host and pid > 0:
+                    stale = not _pid_alive(pid)
+                else:
+                    stale = time.time() - path.lstat().st_mtime > FOREIGN_PARTIAL_AGE_S or pid == -1
+                if stale:
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+            except OSError:
+                continue
+    return removed
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

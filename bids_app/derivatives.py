@@ -2,9 +2,15 @@
 
 The output directory is a BIDS-Derivatives dataset (BIDS 1.10, "derivative" dataset type) that the
 official validator accepts and pybids indexes. Standard files (GM maps) follow the BIDS entity
-order ``sub-X[_ses-Y][_acq-..][_ce-..][_rec-..][_run-..]_space-IXI549Space_label-GM[_desc-..]_probseg``;
+order: every entity of the source T1w name (``sub``, ``ses``, ``task``, ``acq``, ``ce``, ``rec``, ``run``,
+``echo``, ``flip``, ``inv``, ``mt``, ``part``, ``chunk``, ...; BIDS-Derivatives keeps source entities, and
+that is what keeps two T1w images from sharing an output), then ``_space-IXI549Space_label-GM[_desc-..]_probseg``;
 app-specific files (predictions, logs, failure records, group tables, reports) are listed in
 ``.bidsignore``. Every file is written atomically (:mod:`bids_app._io`).
+
+The records written for each T1w (the rows of the predictions table, the map sidecars, the failure
+record) are built here too, so the stage runner (:mod:`bids_app.participant`) only decides what to
+write.
 
 The columns of the predictions tables are described once, in :data:`PREDICTION_COLUMNS`; the TSV
 sidecars are generated from it, so table and description cannot drift apart.
@@ -22,9 +28,9 @@ import pandas as pd
 
 from . import RESEARCH_USE_NOTICE, __version__
 from ._io import atomic_path, safe_join, write_json, write_text
-from .errors import OutputError
-from .grid import SPM_AFFINE, SPM_SHAPE
-from .types import T1wUnit
+from .errors import OutputError, UsageError
+from .grid import MASK_PROVENANCE, SPM_AFFINE, SPM_SHAPE
+from .types import GMMaps, QCResult, T1wUnit
 
 __all__ = [
     "SPACE",
@@ -36,7 +42,16 @@ __all__ = [
     "predictions_path",
     "failure_path",
     "log_path",
+    "unit_output_names",
+    "SOURCE_RECORD",
+    "check_output_dataset",
+    "record_source",
+    "effective_backend",
+    "preprocessing_validated",
     "init_dataset",
+    "prediction_rows",
+    "map_sidecar",
+    "failure_record",
     "write_map",
     "write_table",
     "write_predictions",
@@ -131,7 +146,7 @@ def _unit_dir(output_dir: Path, unit: T1wUnit) -> Path:
 def map_path(output_dir: Path, unit: T1wUnit, kind: str) -> Path:
     """Path of a GM map: ``kind`` is ``GMD`` (unmodulated) or ``GMV`` (modulated)."""
     desc = {"GMD": "", "GMV": "_desc-modulated"}[kind]
-    name = f"{_entities_prefix(unit)}_space-{SPACE}_label-GM{desc}_probseg.nii.gz"
+    name = f"{unit.with_space(SPACE)}_label-GM{desc}_probseg.nii.gz"
     return _unit_dir(output_dir, unit) / name
 
 
@@ -145,6 +160,86 @@ def failure_path(output_dir: Path, unit: T1wUnit) -> Path:
 
 def log_path(output_dir: Path, unit: T1wUnit) -> Path:
     return safe_join(output_dir, "logs", f"{_entities_prefix(unit)}.log")
+
+
+def unit_output_names(unit: T1wUnit) -> list[str]:
+    """File names (in the unit's folder) of every output this unit may write: maps, sidecars, tables."""
+    prefix = _entities_prefix(unit)
+    names = []
+    for desc in ("", "_desc-modulated"):
+        base = f"{unit.with_space(SPACE)}_label-GM{desc}_probseg"
+        names += [f"{base}.nii.gz", f"{base}.json"]
+    names += [f"{prefix}_predictions.tsv", f"{prefix}_predictions.json", f"{prefix}_failure.json"]
+    return names
+
+
+#: hidden file (ignored by the BIDS validator) recording which input dataset the outputs came from
+SOURCE_RECORD = ".vbm-predict-source.json"
+
+
+def _source_identity(bids_dir: Path) -> dict[str, Any]:
+    import hashlib
+
+    desc_path = Path(bids_dir) / "dataset_description.json"
+    try:
+        raw = desc_path.read_bytes()
+        name = json.loads(raw).get("Name")
+    except (OSError, ValueError, AttributeError):
+        raw, name = b"", None
+    return {"URL": Path(bids_dir).resolve().as_uri(), "Name": name,
+            "DescriptionSha256": hashlib.sha256(raw).hexdigest()}
+
+
+def check_output_dataset(output_dir: Path, bids_dir: Path) -> list[str]:
+    """Refuse an output dir that holds another dataset's outputs; return warnings for doubtful reuse.
+
+    The first run records the input's identity (location, ``Name``, sha256 of its
+    ``dataset_description.json``) in :data:`SOURCE_RECORD`. A later run from an input with another
+    ``Name``, or another location *and* another description, is refused with
+    :class:`~bids_app.errors.UsageError` (exit 64): merging two datasets' outputs would mix their
+    participants. One changed property alone (a moved dataset, an edited description) is a warning.
+    An output dir that is another program's dataset (``GeneratedBy`` without vbm-predict) is refused.
+    """
+    output_dir = Path(output_dir)
+    desc = output_dir / "dataset_description.json"
+    if desc.is_file():
+        try:
+            generated = json.loads(desc.read_text(encoding="utf-8")).get("GeneratedBy") or []
+        except (OSError, ValueError, AttributeError):
+            generated = []
+        names = {g.get("Name") for g in generated if isinstance(g, dict)}
+        if "vbm-predict" not in names:
+            raise UsageError(
+                f"{output_dir} already holds a dataset that vbm-predict did not make "
+                f"({desc}); choose an empty or new output directory"
+            )
+    record = output_dir / SOURCE_RECORD
+    try:
+        old = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    new = _source_identity(bids_dir)
+    if not isinstance(old, dict):
+        return []
+    if old.get("Name") != new["Name"] or (old.get("URL") != new["URL"] and
+                                          old.get("DescriptionSha256") != new["DescriptionSha256"]):
+        raise UsageError(
+            f"{output_dir} holds outputs of another dataset ({old.get('Name')!r} at {old.get('URL')}), not of "
+            f"{new['Name']!r} at {new['URL']}; use another output directory so the two are not mixed"
+        )
+    warnings = []
+    if old.get("URL") != new["URL"]:
+        warnings.append(f"the input dataset {new['Name']!r} moved from {old.get('URL')} to {new['URL']}")
+    elif old.get("DescriptionSha256") != new["DescriptionSha256"]:
+        warnings.append(f"the dataset_description.json of {new['URL']} changed since the outputs were first written")
+    return warnings
+
+
+def record_source(output_dir: Path, bids_dir: Path) -> None:
+    """Write :data:`SOURCE_RECORD` once (the first run's input stays the reference)."""
+    record = Path(output_dir) / SOURCE_RECORD
+    if not record.exists():
+        write_json(record, _source_identity(bids_dir))
 
 
 def init_dataset(
@@ -190,7 +285,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 def write_map(path: Path, data: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
     """Write a float32 map on the SPM grid plus its JSON sidecar, both atomically."""
     if data.shape != SPM_SHAPE:
-        raise ValueError(f"maps must be on the SPM grid {SPM_SHAPE}; got {data.shape}")
+        raise OutputError(f"{path}: maps must be on the SPM grid {SPM_SHAPE}; got {data.shape}")
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), SPM_AFFINE)
     img.header.set_xyzt_units("mm")
     img.header.set_qform(SPM_AFFINE, code=4)  # 4 = MNI
@@ -233,3 +328,134 @@ def read_predictions(path: Path) -> pd.DataFrame:
     # Text columns stay text: without this, a model_version "1.10" would come back as the float 1.1.
     text = {c: "string" for c in _TEXT_PREDICTION_COLUMNS}
     return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, dtype=text)
+
+
+# -- the records written for one T1w ---------------------------------------------------------------
+#: preprocessing names that stand for the same chain: a model validated on Clinica's SPM maps is
+#: valid on SPM / DPARSF maps reused from elsewhere, and the other way round
+PREPROCESSING_EQUIVALENTS: dict[str, frozenset[str]] = {
+    "clinica": frozenset({"clinica", "spm", "dparsf"}),
+    "spm": frozenset({"clinica", "spm", "dparsf"}),
+    "dparsf": frozenset({"clinica", "spm", "dparsf"}),
+}
+
+
+def effective_backend(maps: GMMaps) -> str:
+    """The preprocessing that really made the maps (reused maps keep their origin)."""
+    return str(maps.provenance.get("OriginalBackend", maps.backend))
+
+
+def preprocessing_validated(origin: str, validated: Sequence[str]) -> bool:
+    """True when maps made by ``origin`` are what a model trained on ``validated`` expects."""
+    same = PREPROCESSING_EQUIVALENTS.get(origin, frozenset({origin}))
+    return bool(same & set(validated))
+
+
+def _source_relative(unit: T1wUnit, bids_dir: Path) -> Path:
+    return unit.path.relative_to(bids_dir) if unit.path.is_relative_to(bids_dir) else unit.path
+
+
+def prediction_rows(
+    unit: T1wUnit,
+    bids_dir: Path,
+    maps: GMMaps,
+    qc: QCResult,
+    scored: Sequence[tuple[Any, Any]],
+    *,
+    ad_threshold: float,
+) -> list[dict[str, Any]]:
+    """Rows of the predictions TSV, one per model package (see :data:`PREDICTION_COLUMNS`).
+
+    ``scored`` holds ``(package, ModelScores)`` pairs for this single T1w.
+    """
+    rows = []
+    origin = effective_backend(maps)
+    for package, scores in scored:
+        threshold = ad_threshold if package.task == "ad" else float(package.thresholds["default"])
+        score = float(scores.mean[0])
+        folds = scores.fold_scores[0]
+        warnings: list[str] = []
+        validated = tuple(package.validated_preprocessing)
+        backend_ok = preprocessing_validated(origin, validated)
+        if not backend_ok:
+            warnings.append(
+                f"preprocessing '{origin}' is not the preprocessing the model was validated on "
+                f"({', '.join(sorted(validated)) or 'unspecified'})"
+            )
+        if not qc.passed:
+            warnings.append(f"QC failed: {', '.join(qc.flags)}")
+        if package.trained_on_synthetic:
+            warnings.append("model trained on synthetic data only: not for any real use")
+        rows.append(
+            {
+                "participant_id": f"sub-{unit.subject}",
+                "session_id": f"ses-{unit.session}" if unit.session else None,
+                "run_id": unit.run,
+                "source_file": str(_source_relative(unit, bids_dir)),
+                "target": package.task,
+                "model_name": package.name,
+                "model_version": package.version,
+                "model_sha256": ";".join(package.sha256),
+                "model_trained_on_synthetic": bool(package.trained_on_synthetic),
+                "score": round(score, 6),
+                "predicted_label": package.positive_label if score >= threshold else package.negative_label,
+                "threshold": threshold,
+                "n_folds": int(folds.size),
+                "fold_scores": ";".join(f"{s:.6f}" for s in folds),
+                "fold_score_sd": round(float(folds.std()), 6),
+                "qc_pass": qc.passed,
+                "qc_flags": ";".join(qc.flags) or None,
+                "qc_gmv_template_correlation": qc.metrics.get("gmv_template_correlation"),
+                "preproc_backend": maps.backend,
+                "preproc_backend_version": maps.backend_version,
+                "validated_input": backend_ok and qc.passed and not package.trained_on_synthetic,
+                "warnings": "; ".join(warnings) or None,
+                "notice": RESEARCH_USE_NOTICE,
+            }
+        )
+    return rows
+
+
+def map_sidecar(unit: T1wUnit, bids_dir: Path, maps: GMMaps, qc: QCResult, kind: str,
+                inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """JSON sidecar of a GM map (``kind`` GMD or GMV): meaning, sources, grid, backend, QC.
+
+    ``inputs`` is the fingerprint of the files and parameters the maps were made from (see
+    :func:`bids_app.participant.cache_key`), recorded as ``InputFingerprint``.
+    """
+    meaning = {
+        "GMD": "Grey-matter density (probability of GM in template space, unmodulated; SPM 'wc1').",
+        "GMV": "Grey-matter volume (GM probability modulated by the Jacobian determinant; SPM 'mwc1').",
+    }[kind]
+    sidecar = {
+        "Description": meaning,
+        "Sources": [f"bids::{_source_relative(unit, bids_dir)}"],
+        "SpatialReference": SPACE,
+        "Grid": {"Shape": list(SPM_SHAPE), "Affine": SPM_AFFINE.tolist(), "VoxelSizeMM": 1.5},
+        "PreprocBackend": maps.backend,
+        "PreprocBackendVersion": maps.backend_version,
+        "Provenance": dict(maps.provenance),
+        "QC": {"Metrics": dict(qc.metrics), "Flags": list(qc.flags), "Thresholds": dict(qc.thresholds),
+               "Passed": qc.passed},
+        "ModelInputMask": MASK_PROVENANCE,
+        "GeneratedBy": f"vbm-predict {__version__}",
+    }
+    if inputs is not None:
+        sidecar["InputFingerprint"] = dict(inputs)
+    return sidecar
+
+
+def failure_record(unit: T1wUnit, *, step: str, error_type: str, message: str, exit_code: int,
+                   log: Path | str | None) -> dict[str, Any]:
+    """The ``*_failure.json`` record of a T1w that failed: which step, what error, which log."""
+    return {
+        "participant_id": f"sub-{unit.subject}",
+        "session_id": f"ses-{unit.session}" if unit.session else None,
+        "source_file": str(unit.path),
+        "step": step,
+        "error_type": error_type,
+        "message": message,
+        "exit_code": exit_code,
+        "log": str(log) if log is not None else None,
+        "vbm_predict_version": __version__,
+    }

@@ -1,14 +1,18 @@
-"""One T1w through the stages: preprocessing -> QC -> model input -> models -> derivatives.
+"""One T1w through the stages: input check, preprocessing, QC gate, model input, models, outputs.
 
 :func:`process_unit` is the whole participant-level work for one :class:`~bids_app.types.T1wUnit`.
 It never touches other units' files, writes every output atomically, and caches the preprocessing
 result in the unit's private work directory, so a run that was killed resumes where it stopped.
-Orchestration over many units (discovery, validation, model loading, the summary) lives in
-:mod:`bids_app.workflows`.
+The cache is valid only for the same inputs and parameters (:func:`cache_key`: the T1w's size,
+mtime and sha256, the backend, its version and parameters); anything else recomputes and says why.
+The records written (prediction rows, sidecars) are built by :mod:`bids_app.derivatives`.
+Orchestration over many units (discovery, validation, model loading, failure records, the summary)
+lives in :mod:`bids_app.workflows`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -18,20 +22,37 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from . import RESEARCH_USE_NOTICE, __version__
-from ._io import atomic_path, write_json
-from .derivatives import SPACE, map_path, predictions_path, write_map, write_predictions
-from .grid import MASK_PROVENANCE, SPM_AFFINE, SPM_SHAPE, make_model_input
-from .types import GMMaps, PreprocBackend, QCResult, T1wUnit
+from ._io import atomic_path, remove_stale_partials, sha256_file, write_json
+from .derivatives import (
+    map_path,
+    map_sidecar,
+    prediction_rows,
+    predictions_path,
+    unit_output_names,
+    write_map,
+    write_predictions,
+)
+from .errors import InputDataError, NoInputError
+from .grid import SPM_AFFINE, make_model_input
+from .types import GMMaps, PreprocBackend, QCResult, T1wUnit, reuses_existing_maps
 
-__all__ = ["UnitOptions", "UnitResult", "process_unit", "prediction_rows", "cached_preprocessing"]
+__all__ = [
+    "UnitOptions",
+    "UnitResult",
+    "HARD_QC_LIMITS",
+    "process_unit",
+    "prediction_rows",
+    "cache_key",
+    "cached_preprocessing",
+    "hard_qc_failures",
+]
 
 _log = logging.getLogger("bids_app.participant")
 
 
 @dataclass(frozen=True)
 class UnitOptions:
-    """Per-run options every unit shares (validated once by the caller)."""
+    """Per-run options every unit shares (validated once by the caller; plain, picklable values)."""
 
     bids_dir: Path
     output_dir: Path
@@ -39,6 +60,8 @@ class UnitOptions:
     ad_threshold: float = 0.5
     device: str = "auto"
     write_report: bool = True
+    #: delete the unit's scratch (all but the small finished-maps cache) once its outputs are written
+    clean_scratch: bool = True
 
 
 @dataclass
@@ -54,38 +77,104 @@ class UnitResult:
 
 # -- preprocessing with a resumable cache ------------------------------------------------------
 _CACHE_FILES = ("gmd.nii.gz", "gmv.nii.gz", "maps.json")
+#: how the cache key describes a file: enough to notice a replaced file even with an equal mtime
+_FILE_KEYS = ("path", "size", "mtime_ns", "sha256")
 
 
-def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path) -> GMMaps:
-    """Run ``backend`` on ``unit`` unless ``work_dir`` already holds its finished maps.
+def _file_fingerprint(path: Path) -> dict[str, Any]:
+    st = Path(path).stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
-    The cache is written atomically after the backend returns, so a kill during preprocessing
-    leaves no cache (the backend may still reuse its own finished steps) and a kill afterwards
-    leaves a complete one.
+
+#: backend attributes that do not change the maps (so a change must not invalidate the cache)
+_NOT_PARAMETERS = ("nprocs", "env")
+
+
+def _backend_parameters(backend: PreprocBackend) -> Any:
+    """The backend's parameters: its ``params`` dataclass when it has one, else its public plain
+    attributes (paths as text), without those that only change speed (:data:`_NOT_PARAMETERS`)."""
+    params = getattr(backend, "params", None)
+    if params is not None and dataclasses.is_dataclass(params) and not isinstance(params, type):
+        return json.loads(json.dumps(dataclasses.asdict(params), default=str))
+    plain = {k: str(v) if isinstance(v, Path) else v for k, v in vars(backend).items()
+             if not k.startswith("_") and k not in _NOT_PARAMETERS
+             and isinstance(v, (str, int, float, bool, type(None), Path))}
+    return plain
+
+
+def cache_key(backend: PreprocBackend, unit: T1wUnit) -> dict[str, Any]:
+    """What the finished maps depend on: the T1w's content, the backend, its version and parameters."""
+    return {
+        "t1w": _file_fingerprint(unit.path),
+        "backend": backend.name,
+        "backend_version": backend.version(),
+        "parameters": _backend_parameters(backend),
+    }
+
+
+def _why_stale(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    if old.get("t1w", {}).get("sha256") != new["t1w"]["sha256"] or old.get("t1w", {}).get("size") != new["t1w"]["size"]:
+        return f"the T1w {new['t1w']['path']} changed (sha256 {new['t1w']['sha256'][:12]}...)"
+    if old.get("t1w", {}).get("path") != new["t1w"]["path"]:
+        return f"the T1w is now {new['t1w']['path']}"
+    for key in ("backend", "backend_version", "parameters"):
+        if old.get(key) != new[key]:
+            return f"the {key.replace('_', ' ')} changed ({old.get(key)!r} -> {new[key]!r})"
+    return None
+
+
+def _load_cache(cache: Path) -> GMMaps:
+    import nibabel as nib
+
+    meta = json.loads((cache / "maps.json").read_text())
+    return GMMaps(
+        gmd=np.asarray(nib.load(cache / "gmd.nii.gz").dataobj, dtype=np.float32),
+        gmv=np.asarray(nib.load(cache / "gmv.nii.gz").dataobj, dtype=np.float32),
+        backend=meta["backend"],
+        backend_version=meta["backend_version"],
+        provenance=meta["provenance"],
+        qc=meta["qc"],
+        source_files=tuple(Path(p) for p in meta["source_files"]),
+    )
+
+
+def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path,
+                         key: Mapping[str, Any] | None = None) -> GMMaps:
+    """Run ``backend`` on ``unit`` unless ``work_dir`` holds maps made from the same inputs.
+
+    A backend that reuses existing maps is never cached (its maps are re-read, so another
+    ``--derivatives`` folder or a replaced map always counts). The cache is written atomically
+    after the backend returns, so a kill during preprocessing leaves no cache (the backend may
+    still reuse its own finished steps) and a kill afterwards leaves a complete one.
     """
     import nibabel as nib
 
+    if reuses_existing_maps(backend):
+        return backend.run(unit, work_dir)
+    key = dict(key) if key is not None else cache_key(backend, unit)
     cache = work_dir / "maps"
-    meta_path = cache / "maps.json"
+    remove_stale_partials(cache)
     if all((cache / f).exists() for f in _CACHE_FILES):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("backend") == backend.name and meta.get("source") == str(unit.path):
-            _log.info("%s: reusing finished preprocessing from %s", unit.prefix, cache)
-            return GMMaps(
-                gmd=np.asarray(nib.load(cache / "gmd.nii.gz").dataobj, dtype=np.float32),
-                gmv=np.asarray(nib.load(cache / "gmv.nii.gz").dataobj, dtype=np.float32),
-                backend=meta["backend"],
-                backend_version=meta["backend_version"],
-                provenance=meta["provenance"],
-                qc=meta["qc"],
-                source_files=tuple(Path(p) for p in meta["source_files"]),
-            )
+        try:
+            old = json.loads((cache / "maps.json").read_text()).get("key", {})
+        except (OSError, ValueError):
+            old = {}
+        reason = _why_stale(old, key) if old else "the cache was written by an older version without a key"
+        if reason is None:
+            try:
+                maps = _load_cache(cache)
+                _log.info("%s: reusing finished preprocessing from %s (same T1w, backend and parameters)",
+                          unit.prefix, cache)
+                return maps
+            except (OSError, ValueError, KeyError) as exc:
+                reason = f"the cache could not be read ({exc})"
+        _log.info("%s: recomputing the preprocessing: %s", unit.prefix, reason)
     maps = backend.run(unit, work_dir)
     for name, data in (("gmd.nii.gz", maps.gmd), ("gmv.nii.gz", maps.gmv)):
         with atomic_path(cache / name, suffix=".nii.gz") as tmp:
             nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), SPM_AFFINE), tmp)
     write_json(
-        meta_path,
+        cache / "maps.json",
         {
             "backend": maps.backend,
             "backend_version": maps.backend_version,
@@ -93,113 +182,40 @@ def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path)
             "qc": dict(maps.qc),
             "source_files": [str(p) for p in maps.source_files],
             "source": str(unit.path),
+            "key": key,
         },
     )
     return maps
 
 
-# -- predictions -------------------------------------------------------------------------------
-def _effective_backend(maps: GMMaps) -> str:
-    """The preprocessing that really made the maps (reused maps keep their origin)."""
-    if maps.backend == "derivatives":
-        return str(maps.provenance.get("OriginalBackend", "unknown"))
-    return maps.backend
+# -- the post-preprocessing gate ---------------------------------------------------------------
+#: QC metric -> the bound below which the maps are not a brain at all (registration or segmentation
+#: failed outright). Far below the soft QC thresholds of :mod:`bids_app.qc` (which only mark
+#: predictions as not validated): a map that fails one of these gets no prediction.
+HARD_QC_LIMITS: dict[str, float] = {
+    "gmv_template_correlation": 0.3,
+    "gm_template_dice": 0.2,
+    "gm_inside_brain_fraction": 0.6,
+}
 
 
-def prediction_rows(
-    unit: T1wUnit,
-    bids_dir: Path,
-    maps: GMMaps,
-    qc: QCResult,
-    scored: Sequence[tuple[Any, Any]],
-    *,
-    ad_threshold: float,
-) -> list[dict[str, Any]]:
-    """Rows of the predictions TSV, one per model package (see ``PREDICTION_COLUMNS``).
-
-    ``scored`` holds ``(package, ModelScores)`` pairs for this single T1w.
-    """
-    rows = []
-    origin = _effective_backend(maps)
-    for package, scores in scored:
-        threshold = ad_threshold if package.task == "ad" else float(package.thresholds["default"])
-        score = float(scores.mean[0])
-        folds = scores.fold_scores[0]
-        warnings: list[str] = []
-        validated = set(package.validated_preprocessing)
-        backend_ok = origin in validated or (origin == "spm" and "clinica" in validated)
-        if not backend_ok:
-            warnings.append(
-                f"preprocessing '{origin}' is not the preprocessing the model was validated on "
-                f"({', '.join(sorted(validated)) or 'unspecified'})"
-            )
-        if not qc.passed:
-            warnings.append(f"QC failed: {', '.join(qc.flags)}")
-        if package.trained_on_synthetic:
-            warnings.append("model trained on synthetic data only: not for any real use")
-        rows.append(
-            {
-                "participant_id": f"sub-{unit.subject}",
-                "session_id": f"ses-{unit.session}" if unit.session else None,
-                "run_id": unit.run,
-                "source_file": str(unit.path.relative_to(bids_dir)) if unit.path.is_relative_to(bids_dir) else str(unit.path),
-                "target": package.task,
-                "model_name": package.name,
-                "model_version": package.version,
-                "model_sha256": ";".join(package.sha256),
-                "model_trained_on_synthetic": bool(package.trained_on_synthetic),
-                "score": round(score, 6),
-                "predicted_label": package.positive_label if score >= threshold else package.negative_label,
-                "threshold": threshold,
-                "n_folds": int(folds.size),
-                "fold_scores": ";".join(f"{s:.6f}" for s in folds),
-                "fold_score_sd": round(float(folds.std()), 6),
-                "qc_pass": qc.passed,
-                "qc_flags": ";".join(qc.flags) or None,
-                "qc_gmv_template_correlation": qc.metrics.get("gmv_template_correlation"),
-                "preproc_backend": maps.backend,
-                "preproc_backend_version": maps.backend_version,
-                "validated_input": backend_ok and qc.passed and not package.trained_on_synthetic,
-                "warnings": "; ".join(warnings) or None,
-                "notice": RESEARCH_USE_NOTICE,
-            }
-        )
-    return rows
+def hard_qc_failures(qc: QCResult) -> list[str]:
+    """Names and values of the hard QC limits that ``qc`` breaks (empty: predictions may be made)."""
+    out = []
+    for name, bound in HARD_QC_LIMITS.items():
+        value = qc.metrics.get(name)
+        if value is None:
+            continue
+        if not np.isfinite(value) or value < bound:
+            out.append(f"{name} = {value:.3f} < {bound}")
+    return out
 
 
-def _map_sidecar(unit: T1wUnit, bids_dir: Path, maps: GMMaps, qc: QCResult, kind: str) -> dict[str, Any]:
-    source = unit.path.relative_to(bids_dir) if unit.path.is_relative_to(bids_dir) else unit.path
-    meaning = {
-        "GMD": "Grey-matter density (probability of GM in template space, unmodulated; SPM 'wc1').",
-        "GMV": "Grey-matter volume (GM probability modulated by the Jacobian determinant; SPM 'mwc1').",
-    }[kind]
-    return {
-        "Description": meaning,
-        "Sources": [f"bids::{source}"],
-        "SpatialReference": SPACE,
-        "Grid": {"Shape": list(SPM_SHAPE), "Affine": SPM_AFFINE.tolist(), "VoxelSizeMM": 1.5},
-        "PreprocBackend": maps.backend,
-        "PreprocBackendVersion": maps.backend_version,
-        "Provenance": dict(maps.provenance),
-        "QC": {"Metrics": dict(qc.metrics), "Flags": list(qc.flags), "Thresholds": dict(qc.thresholds), "Passed": qc.passed},
-        "ModelInputMask": MASK_PROVENANCE,
-        "GeneratedBy": f"vbm-predict {__version__}",
-    }
-
-
-def _remove_stale_partials(output_dir: Path, unit: T1wUnit) -> None:
-    """Delete temporary files a killed earlier attempt of *this* unit left beside its outputs.
-
-    Only this unit's own final names are matched, so jobs working on other units in the same
-    folder (e.g. other runs) keep their in-flight files.
-    """
-    finals = [map_path(output_dir, unit, "GMD"), map_path(output_dir, unit, "GMV"), predictions_path(output_dir, unit)]
-    names = [f.name for f in finals] + [f.name.replace(".nii.gz", ".json").replace(".tsv", ".json") for f in finals]
-    folder = finals[0].parent
-    if folder.is_dir():
-        for name in names:
-            for stale in folder.glob(f".{name}.*.part*"):
-                stale.unlink(missing_ok=True)
+def _remove_unit_predictions(output_dir: Path, unit: T1wUnit) -> None:
+    """A T1w that now gets no prediction must not keep one from an earlier run (a stale result)."""
+    table = predictions_path(output_dir, unit)
+    for path in (table, table.with_suffix(".json")):
+        path.unlink(missing_ok=True)
 
 
 def process_unit(
@@ -217,40 +233,77 @@ def process_unit(
 
     ``load_t1w``, ``compute_qc`` and ``predict`` default to the app's implementations; they are
     parameters so that the library can be driven with other stages (e.g. in notebooks).
-    Exceptions propagate: :mod:`bids_app.workflows` turns them into failure records; pass your
-    own ``result`` to see which ``step`` was running when one was raised.
+    Exceptions propagate: :func:`bids_app.workflows.run_unit` turns them into failure records; pass
+    your own ``result`` to see which ``step`` was running when one was raised.
+
+    Refuses (:class:`~bids_app.errors.InputDataError`, exit 65), without writing a prediction, a
+    T1w that is not a head and maps that fail :data:`HARD_QC_LIMITS`; the maps of the latter are
+    still written, for inspection.
     """
+    from ._io import safe_mkdir
     from .models import predict as _predict
+    from .preproc.inputs import check_t1w_header
     from .preproc.inputs import load_t1w as _load_t1w
     from .qc import compute_qc as _compute_qc
 
     load_t1w = load_t1w or _load_t1w
     compute_qc = compute_qc or _compute_qc
     predict = predict or _predict
-    work = options.work_dir / unit.prefix
-    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = result if result is not None else UnitResult(unit=unit, ok=False)
 
-    _remove_stale_partials(options.output_dir, unit)
+    result.step = "work directory"
+    work = safe_mkdir(options.work_dir, unit.prefix)
+    remove_stale_partials(map_path(options.output_dir, unit, "GMD").parent, unit_output_names(unit))
+
     result.step = "input"
-    if backend.name != "derivatives":
-        load_t1w(unit.path)  # clear errors for unusable files before any long step
+    reuses = reuses_existing_maps(backend)
+    try:
+        if reuses:  # the maps stand for this T1w: it must at least be a readable 3D NIfTI image
+            check_t1w_header(unit.path)
+        else:
+            load_t1w(unit.path)  # clear errors for unusable files (and non-heads) before any long step
+        key = None if reuses else cache_key(backend, unit)
+    except (InputDataError, NoInputError):
+        _remove_unit_predictions(options.output_dir, unit)
+        raise
 
     result.step = f"preprocessing ({backend.name})"
     _log.info("%s: %s", unit.prefix, result.step)
-    maps = cached_preprocessing(backend, unit, work)
+    maps = cached_preprocessing(backend, unit, work, key)
 
     result.step = "qc"
     qc = compute_qc(maps)
     if not qc.passed:
         _log.warning("%s: QC flags %s", unit.prefix, ", ".join(qc.flags))
+    hard = hard_qc_failures(qc)
 
     result.step = "writing maps"
-    for kind, data in (("GMD", maps.gmd), ("GMV", maps.gmv)):
-        path = map_path(options.output_dir, unit, kind)
-        write_map(path, data, _map_sidecar(unit, options.bids_dir, maps, qc, kind))
-        result.outputs.append(path)
+    fingerprint: dict[str, Any] = key if key is not None else {
+        "backend": backend.name, "backend_version": backend.version(),
+        "maps": {k: maps.provenance.get(k) for k in ("GMDFile", "GMDSha256", "GMVFile", "GMVSha256")},
+    }
+    written: list[Path] = []
+    try:
+        for kind, data in (("GMD", maps.gmd), ("GMV", maps.gmv)):
+            path = map_path(options.output_dir, unit, kind)
+            write_map(path, data, map_sidecar(unit, options.bids_dir, maps, qc, kind, fingerprint))
+            written.append(path)
+    except BaseException:  # never a GMD without its GMV (e.g. the disk filled up in between)
+        for kind in ("GMD", "GMV"):
+            path = map_path(options.output_dir, unit, kind)
+            for stale in (path, path.with_name(path.name.replace(".nii.gz", ".json"))):
+                stale.unlink(missing_ok=True)
+        raise
+    result.outputs.extend(written)
+
+    result.step = "qc gate"
+    if hard:
+        _remove_unit_predictions(options.output_dir, unit)
+        raise InputDataError(
+            f"{unit.path}: the GM maps fail hard QC limits ({'; '.join(hard)}): registration or segmentation "
+            "failed, or the image is not a brain; no prediction is written (the maps are kept for inspection)"
+        )
 
     result.step = "models"
     x = make_model_input(maps.gmd, maps.gmv)[None]
@@ -272,7 +325,25 @@ def process_unit(
         if write_participant_report is not None:
             result.outputs.append(write_participant_report(options.output_dir, unit))
 
+    if options.clean_scratch:
+        result.step = "cleaning scratch"
+        _clean_scratch(work)
+
     result.step = "done"
     result.ok = True
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _clean_scratch(work: Path) -> None:
+    """Remove the unit's scratch once its outputs are written; keep the small finished-maps cache
+    (two maps and their key, about 3 MB) so that a rerun with the same inputs skips preprocessing."""
+    import shutil
+
+    for child in list(work.iterdir()) if work.is_dir() else []:
+        if child.name in ("maps", ".lock"):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

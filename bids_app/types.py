@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "ENTITY_ORDER",
+    "AFTER_SPACE",
     "PreprocName",
     "DeviceName",
     "T1wUnit",
@@ -28,11 +29,19 @@ __all__ = [
     "QCResult",
     "ModelScores",
     "PreprocBackend",
+    "reuses_existing_maps",
 ]
 
-#: BIDS entities that can appear in a T1w file name, in the order BIDS prescribes.
-#: Output names keep them in this order, then add ``space``/``res``/``label``/``desc``.
-ENTITY_ORDER: tuple[str, ...] = ("sub", "ses", "acq", "ce", "rec", "run")
+#: BIDS entities, short keys, in the order BIDS prescribes (schema ``rules/entities``). A T1w may carry
+#: sub, ses, task, acq, ce, rec, run, echo, part, chunk (BIDS 1.11 schema); the others (flip, inv, mt, ...)
+#: are listed so that any entity pybids parses keeps its BIDS place and still tells two images apart. Output names keep every source entity in this order
+#: (BIDS-Derivatives: source entities are kept), then add ``space``/``res``/``label``/``desc``.
+ENTITY_ORDER: tuple[str, ...] = (
+    "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
+    "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "split", "recording", "chunk",
+)
+#: entities BIDS places after ``space`` in a derivative's name (schema ``rules/entities``)
+AFTER_SPACE: tuple[str, ...] = ("split", "recording", "chunk")
 
 PreprocName = Literal["auto", "clinica", "ants", "derivatives"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -47,8 +56,9 @@ class T1wUnit:
     path : Path
         The T1w NIfTI inside the BIDS dataset (never written to).
     entities : Mapping[str, str]
-        BIDS entities of the file with short keys (``sub``, ``ses``, ``acq``, ``ce``, ``rec``,
-        ``run``), labels without prefixes. Every output name of this unit carries them.
+        Every BIDS entity of the file with short keys (``sub``, ``ses``, ``acq``, ``run``, ``echo``,
+        ``part``, ...; see :data:`ENTITY_ORDER`), labels without prefixes. Every output name of
+        this unit carries them, so two T1w images never share an output.
     metadata : Mapping[str, Any]
         The merged JSON sidecar (inheritance principle applied by pybids).
     """
@@ -72,7 +82,19 @@ class T1wUnit:
     @property
     def prefix(self) -> str:
         """``sub-01_ses-1_run-2``: the entity part of every output name of this unit."""
-        return "_".join(f"{k}-{self.entities[k]}" for k in ENTITY_ORDER if self.entities.get(k))
+        return "_".join(f"{k}-{self.entities[k]}" for k in self._keys())
+
+    def _keys(self) -> list[str]:
+        known = [k for k in ENTITY_ORDER if self.entities.get(k)]
+        return known + sorted(k for k in self.entities if k not in ENTITY_ORDER and self.entities.get(k))
+
+    def with_space(self, space: str) -> str:
+        """``sub-01_part-mag_space-X_chunk-2``: the entity part of a derivative in ``space``, with
+        ``space`` where BIDS puts it (before ``split``, ``recording`` and ``chunk``)."""
+        keys = self._keys()
+        before = [f"{k}-{self.entities[k]}" for k in keys if k not in AFTER_SPACE]
+        after = [f"{k}-{self.entities[k]}" for k in keys if k in AFTER_SPACE]
+        return "_".join([*before, f"space-{space}", *after])
 
     @property
     def subdir(self) -> Path:
@@ -163,6 +185,10 @@ class PreprocBackend(Protocol):
     Implementations live in :mod:`bids_app.preproc` (one module each) and must be independent of
     every other job: all scratch files go below ``work_dir``, which is private to this unit, and a
     second call with the same ``work_dir`` may reuse finished steps (resume after a kill).
+
+    Optional class attribute: ``reuses_existing_maps = True`` for a backend that reads maps made
+    elsewhere (the T1w is then checked only for readability, and its maps are never cached).
+    Read it with :func:`reuses_existing_maps`; absent means False.
     """
 
     name: ClassVar[str]
@@ -179,3 +205,8 @@ class PreprocBackend(Protocol):
         """Preprocess one T1w; raise :class:`bids_app.errors.InputDataError` for bad input and
         :class:`bids_app.errors.PreprocessingError` when a step fails."""
         ...
+
+
+def reuses_existing_maps(backend: PreprocBackend) -> bool:
+    """True when ``backend`` reads maps made elsewhere instead of processing the T1w."""
+    return bool(getattr(backend, "reuses_existing_maps", False))

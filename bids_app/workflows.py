@@ -1,40 +1,55 @@
 """The two analysis levels as library functions (the CLI is a thin layer over these).
 
-:func:`run_participant_level` validates the input, finds the T1w images, loads the model packages
-once, runs every T1w through :func:`bids_app.participant.process_unit`, records failures per T1w
-while the others go on, and ends with a summary. :func:`run_group_level` reads only what the
+:func:`run_participant_level` checks every path and option first (nothing is written before that),
+validates the input, finds the T1w images, loads the model packages once, runs every T1w through
+:func:`run_unit`, and ends with a summary. :func:`run_unit` processes one T1w and never raises:
+any failure, expected or not, becomes that T1w's failure record (step, error, log) and an exit code,
+and the other T1w go on. It is a module-level function of plain, picklable arguments, so a process
+pool can call it. :func:`run_group_level` checks its paths the same way, then reads only what the
 participant level wrote (see :mod:`bids_app.group`).
+
+Exit codes of failures nobody planned for: :data:`~bids_app.errors.EXIT_CANT_CREATE` (73) for a
+full disk or quota, :data:`~bids_app.errors.EXIT_NO_INPUT` (66) for a permission problem,
+:data:`~bids_app.errors.EXIT_SOFTWARE` (70) for anything else (see docs/reliability.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from . import __version__
-from ._io import write_json, write_text
-from .derivatives import failure_path, init_dataset, log_path
+from ._io import safe_join, safe_mkdir, write_json, write_text
+from .derivatives import check_output_dataset, failure_path, failure_record, init_dataset, log_path, record_source
 from .errors import (
+    EXIT_CANT_CREATE,
     EXIT_FAILURE,
+    EXIT_NO_INPUT,
     EXIT_OK,
-    ModelPackageError,
+    EXIT_SOFTWARE,
     NoInputError,
     OutputError,
     UsageError,
     VBMPredictError,
 )
 from .participant import UnitOptions, UnitResult, process_unit
-from .types import T1wUnit
+from .types import PreprocBackend, T1wUnit
 
 __all__ = [
     "DEMO_MODELS",
+    "WORK_DIR_NAME",
     "RunSummary",
     "check_paths",
+    "default_work_dir",
+    "exit_code_for",
     "resolve_models_dir",
+    "run_unit",
     "run_participant_level",
     "run_group_level",
 ]
@@ -45,6 +60,8 @@ _log = logging.getLogger("bids_app.workflows")
 DEMO_MODELS = Path(__file__).parent / "data" / "demo_models"
 #: where the container puts the converted published models
 MODELS_ENV = "VBM_PREDICT_MODELS"
+#: the default work dir's name inside the output dir (hidden: the BIDS validator skips dot-folders)
+WORK_DIR_NAME = ".work"
 
 
 @dataclass
@@ -76,12 +93,22 @@ class RunSummary:
             lines.append(f"  {r.unit.prefix}: {status}")
         lines.append(f"Outputs: {self.output_dir}")
         if self.failed:
-            lines.append(f"Failure records: {self.output_dir}/sub-*/**/*_failure.json; logs: {self.output_dir / 'logs'}")
+            lines.append(f"Failure records: {self.output_dir}/sub-*/**/*_failure.json; "
+                         f"logs: {self.output_dir / 'logs'}")
         return "\n".join(lines)
 
 
+def default_work_dir(output_dir: Path) -> Path:
+    """``<output_dir>/.work``: writable wherever the outputs are (read-only containers, clusters)."""
+    return Path(output_dir) / WORK_DIR_NAME
+
+
 def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None) -> None:
-    """Refuse output or work directories inside the input dataset (it is never written to)."""
+    """Refuse output or work directories inside the input dataset (it is never written to).
+
+    Paths are compared after resolving symlinks, so a link that leads into the input is refused
+    too. Raises :class:`UsageError` (exit 64).
+    """
     bids = Path(bids_dir).resolve()
     for what, path in (("output directory", output_dir), ("work directory", work_dir)):
         if path is None:
@@ -89,8 +116,9 @@ def check_paths(bids_dir: Path, output_dir: Path, work_dir: Path | None) -> None
         p = Path(path).resolve()
         if p == bids or bids in p.parents:
             raise UsageError(
-                f"the {what} {p} is inside the BIDS input {bids}; the input is never written to. "
-                f"Choose a {what} outside it."
+                f"the {what} {Path(path)} is inside the BIDS input {bids}"
+                + (f" (it resolves to {p})" if p != Path(path).absolute() else "")
+                + f"; the input is never written to. Choose a {what} outside it."
             )
 
 
@@ -115,48 +143,87 @@ def resolve_models_dir(models: str | Path | None) -> Path:
 
 
 def _load_packages(models_dir: Path, device: str) -> list[Any]:
-    from .models import find_packages, load_package
+    """Every package in ``models_dir``, verified and loaded on ``device``; copies applied once."""
+    from .models.package import find_packages, load_package, unique_packages
 
     found = find_packages(models_dir)
     if not found:
-        raise ModelPackageError(f"no model package (a directory with model.json) in {models_dir}")
-    packages = [load_package(p, device="cpu") for p in found]
+        raise NoInputError(f"no model package (a directory with model.json) in {models_dir}")
+    packages = unique_packages([load_package(p, device=device) for p in found])
     for p in packages:
         _log.info("model %s %s (%s, %d fold(s)) from %s", p.name, p.version, p.task, len(p.sha256), p.path)
         if p.trained_on_synthetic:
-            _log.warning("model %s was trained on synthetic data only: its predictions mean nothing for real data", p.name)
+            _log.warning("model %s was trained on synthetic data only: its predictions mean nothing for real data",
+                         p.name)
     return packages
 
 
-def _record_failure(output_dir: Path, result: UnitResult, exc: BaseException, log_file: Path) -> None:
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code a failure stands for: a domain error's own, 73 for a full disk, 66 for a
+    permission problem, 70 for anything unexpected."""
+    if isinstance(exc, VBMPredictError):
+        return exc.exit_code
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            return EXIT_CANT_CREATE
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return EXIT_NO_INPUT
+    return EXIT_SOFTWARE
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device{f' writing {exc.filename}' if exc.filename else ''} ({exc})"
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{f' on {exc.filename}' if exc.filename else ''} ({exc})"
+    return str(exc)
+
+
+def _record_failure(output_dir: Path, result: UnitResult, exc: BaseException, log_file: Path | None) -> None:
+    """Fill ``result`` and write the failure record; never raises.
+
+    The record goes beside the unit's outputs; when that folder cannot be written (a planted
+    symlink, a full disk), to ``logs/<prefix>_failure.json``; when that fails too, the record is
+    logged (and so printed) instead.
+    """
     result.ok = False
-    result.error = f"{type(exc).__name__}: {exc}"
-    result.exit_code = exc.exit_code if isinstance(exc, VBMPredictError) else EXIT_FAILURE
-    write_json(
-        failure_path(output_dir, result.unit),
-        {
-            "participant_id": f"sub-{result.unit.subject}",
-            "session_id": f"ses-{result.unit.session}" if result.unit.session else None,
-            "source_file": str(result.unit.path),
-            "step": result.step,
-            "error_type": type(exc).__name__,
-            "message": str(exc),
-            "exit_code": result.exit_code,
-            "log": str(log_file),
-            "vbm_predict_version": __version__,
-        },
-    )
+    result.error = f"{type(exc).__name__}: {_describe(exc)}"
+    result.exit_code = exit_code_for(exc)
+    record = failure_record(result.unit, step=result.step, error_type=type(exc).__name__,
+                            message=_describe(exc), exit_code=result.exit_code, log=log_file)
+    attempts = [lambda: failure_path(output_dir, result.unit),
+                lambda: safe_join(output_dir, "logs", f"{result.unit.prefix}_failure.json")]
+    for where in attempts:
+        try:
+            write_json(where(), record)
+            return
+        except Exception as write_exc:  # the record must never take the run down
+            _log.error("%s: could not write the failure record: %s", result.unit.prefix, write_exc)
+    _log.error("%s: failure record (not written): %s", result.unit.prefix, record)
 
 
 class _UnitLog:
-    """Collect the unit's log records; written atomically to ``logs/<prefix>.log`` at the end."""
+    """Collect the unit's log records; written atomically to ``logs/<prefix>.log`` at the end.
 
-    def __init__(self, final: Path):
-        self.final = final
+    Writing the log never raises: a log that cannot be written (full disk, planted symlink) is
+    reported on the console instead.
+    """
+
+    def __init__(self, output_dir: Path, unit: T1wUnit):
+        self.unit = unit
+        try:
+            self.final: Path | None = log_path(output_dir, unit)
+        except Exception as exc:
+            _log.error("%s: no log file: %s", unit.prefix, exc)
+            self.final = None
         self.lines: list[str] = []
         self.handler = logging.Handler(level=logging.DEBUG)
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.handler.emit = lambda record: self.lines.append(fmt.format(record))  # type: ignore[method-assign]
+
+    def note(self, text: str) -> None:
+        """Add ``text`` to this unit's log only (e.g. a traceback: not for the console)."""
+        self.lines.append(text)
 
     def __enter__(self) -> "_UnitLog":
         logging.getLogger("bids_app").addHandler(self.handler)
@@ -164,7 +231,84 @@ class _UnitLog:
 
     def __exit__(self, *exc: Any) -> None:
         logging.getLogger("bids_app").removeHandler(self.handler)
-        write_text(self.final, "\n".join(self.lines) + "\n")
+        if self.final is None:
+            return
+        try:
+            write_text(self.final, "\n".join(self.lines) + "\n")
+        except Exception as write_exc:
+            _log.error("%s: could not write the log %s: %s", self.unit.prefix, self.final, write_exc)
+
+
+@contextlib.contextmanager
+def _unit_lock(work: Path, unit: T1wUnit) -> Iterator[None]:
+    """One job at a time per T1w: a second job on the same T1w waits, then finds the cache."""
+    import fcntl
+
+    try:
+        fh = open(work / ".lock", "a+")
+    except OSError as exc:
+        _log.warning("%s: no lock file in %s (%s); go on without", unit.prefix, work, exc.strerror)
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log.info("%s: another job is processing this T1w; waiting for it", unit.prefix)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. ENOLCK on a file system without locks
+            _log.warning("%s: cannot lock %s (%s); go on without", unit.prefix, work, exc.strerror)
+        yield
+    finally:
+        fh.close()
+
+
+def run_unit(unit: T1wUnit, backend: PreprocBackend, packages: Sequence[Any], options: UnitOptions) -> UnitResult:
+    """Process one T1w and return its result; never raises (for loops and process pools alike).
+
+    Every exception becomes a failure record with the step that was running, the error and the log
+    path, and the result's ``exit_code`` (:func:`exit_code_for`). A stale failure record of an
+    earlier attempt is removed when this one succeeds. Expected errors (the app's own) are logged
+    as one clear line; unexpected ones with their traceback in the unit's log.
+    """
+    result = UnitResult(unit=unit, ok=False)
+    try:
+        unit_log: _UnitLog | contextlib.nullcontext[None] = _UnitLog(options.output_dir, unit)
+    except Exception:  # pragma: no cover - building it only computes a path
+        unit_log = contextlib.nullcontext()
+    log_file = getattr(unit_log, "final", None)
+    with unit_log:
+        try:
+            result.step = "work directory"
+            work = safe_mkdir(options.work_dir, unit.prefix)
+            with _unit_lock(work, unit):
+                process_unit(unit, backend, packages, options, result=result)
+            for stale in (failure_path(options.output_dir, unit),  # an earlier failed attempt now succeeded
+                          safe_join(options.output_dir, "logs", f"{unit.prefix}_failure.json")):
+                stale.unlink(missing_ok=True)
+        except Exception as exc:  # one T1w failing must not stop the others
+            if isinstance(exc, VBMPredictError):
+                _log.error("%s failed at %s: %s", unit.prefix, result.step, exc)
+            else:
+                _log.error("%s failed at %s with an unexpected %s: %s (traceback in %s)", unit.prefix,
+                           result.step, type(exc).__name__, _describe(exc), log_file)
+            if isinstance(unit_log, _UnitLog):  # the traceback goes to the unit's log, not the console
+                unit_log.note(traceback.format_exc())
+            _record_failure(options.output_dir, result, exc, log_file)
+    return result
+
+
+def _as_domain_error(exc: Exception, what: str) -> VBMPredictError:
+    """A run-level failure nobody planned for, as a domain error with its exit code (no traceback)."""
+    code = exit_code_for(exc)
+    message = f"{what}: {type(exc).__name__}: {_describe(exc)}"
+    if code == EXIT_CANT_CREATE:
+        return OutputError(message)
+    if code == EXIT_NO_INPUT:
+        return NoInputError(message)
+    err = VBMPredictError(f"{message} (an internal error; run with -vv for the traceback and report it)")
+    err.exit_code = EXIT_SOFTWARE
+    return err
 
 
 def run_participant_level(
@@ -173,6 +317,7 @@ def run_participant_level(
     *,
     participant_labels: Sequence[str] = (),
     session_labels: Sequence[str] = (),
+    bids_filters: Mapping[str, Any] | None = None,
     work_dir: Path | None = None,
     preproc: str = "auto",
     derivatives_dir: Path | None = None,
@@ -187,54 +332,88 @@ def run_participant_level(
     """Process every selected T1w; failures are recorded per T1w and the others go on.
 
     Raises :class:`~bids_app.errors.VBMPredictError` subclasses for problems that stop the whole
-    run (bad arguments, invalid dataset, no match, no models); per-T1w problems end up in the
-    returned :class:`RunSummary` and in ``*_failure.json`` records.
+    run (bad arguments, invalid dataset, no match, colliding output names, no models, unusable
+    device, an output dir of another dataset), all before anything is written; per-T1w problems end
+    up in the returned :class:`RunSummary` and in ``*_failure.json`` records. ``work_dir`` defaults
+    to :func:`default_work_dir`.
     """
+    try:
+        return _run_participant_level(
+            bids_dir, output_dir, participant_labels=participant_labels, session_labels=session_labels,
+            bids_filters=bids_filters, work_dir=work_dir, preproc=preproc, derivatives_dir=derivatives_dir,
+            models=models, device=device, ad_threshold=ad_threshold, nprocs=nprocs,
+            skip_validation=skip_validation, dartel_template=dartel_template, write_report=write_report,
+        )
+    except VBMPredictError:
+        raise
+    except Exception as exc:  # the run-level catch-all: a code and a message, never a bare traceback
+        _log.debug("run-level failure", exc_info=True)
+        raise _as_domain_error(exc, "the participant level stopped") from exc
+
+
+def _run_participant_level(
+    bids_dir: Path,
+    output_dir: Path,
+    *,
+    participant_labels: Sequence[str],
+    session_labels: Sequence[str],
+    bids_filters: Mapping[str, Any] | None,
+    work_dir: Path | None,
+    preproc: str,
+    derivatives_dir: Path | None,
+    models: str | Path | None,
+    device: str,
+    ad_threshold: float,
+    nprocs: int,
+    skip_validation: bool,
+    dartel_template: Path | None,
+    write_report: bool,
+) -> RunSummary:
     from .discovery import discover_units
+    from .models.device import resolve_device
     from .preproc import get_backend
 
-    bids_dir = Path(bids_dir).resolve()
-    output_dir = Path(output_dir).resolve()
+    # 1. every check that needs no reading of the data, before anything is written
     if not 0.0 < ad_threshold < 1.0:
         raise UsageError(f"--ad-threshold must lie strictly between 0 and 1; got {ad_threshold}")
     if nprocs < 1:
         raise UsageError(f"--nprocs must be at least 1; got {nprocs}")
-    work_dir = Path(work_dir).resolve() if work_dir else output_dir.parent / f".{output_dir.name}-work"
+    bids_dir = Path(bids_dir).resolve()
+    output_dir = Path(output_dir).absolute()
+    work_dir = Path(work_dir).absolute() if work_dir else default_work_dir(output_dir)
     check_paths(bids_dir, output_dir, work_dir)
+    output_dir = output_dir.resolve()
+    run_device = str(resolve_device(device))
+    # 2. the input, the models, the backend (read only)
     if not skip_validation:
         from .validation import validate_dataset
 
         if not (bids_dir / "dataset_description.json").is_file():
             discover_units(bids_dir)  # raises the friendly missing-description error
         validate_dataset(bids_dir)
-    units = discover_units(bids_dir, participant_labels=participant_labels, session_labels=session_labels)
-    models_dir = resolve_models_dir(models)
-    packages = _load_packages(models_dir, device)
+    units = discover_units(bids_dir, participant_labels=participant_labels, session_labels=session_labels,
+                           bids_filters=bids_filters)
+    packages = _load_packages(resolve_models_dir(models), run_device)
     backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=nprocs, dartel_template=dartel_template)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())
+    for warning in check_output_dataset(output_dir, bids_dir):
+        _log.warning("%s", warning)
+    # 3. the outputs
+    init_dataset(output_dir, bids_dir, container=_container_info())
     try:
-        init_dataset(output_dir, bids_dir, container=_container_info())
+        record_source(output_dir, bids_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create {work_dir}: {exc}") from exc
+        raise OutputError(f"cannot create {work_dir}: {exc.strerror or exc}") from exc
+    work_dir = work_dir.resolve()
+    check_paths(bids_dir, output_dir, work_dir)  # again: a symlink may have appeared meanwhile
 
     options = UnitOptions(bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
-                          ad_threshold=ad_threshold, device=device, write_report=write_report)
+                          ad_threshold=ad_threshold, device=run_device, write_report=write_report)
     summary = RunSummary(output_dir=output_dir)
     for i, unit in enumerate(units, start=1):
         _log.info("[%d/%d] %s (%d left after this one)", i, len(units), unit.prefix, len(units) - i)
-        log_file = log_path(output_dir, unit)
-        with _UnitLog(log_file):
-            result = UnitResult(unit=unit, ok=False)
-            try:
-                process_unit(unit, backend, packages, options, result=result)
-                stale = failure_path(output_dir, unit)
-                if stale.exists():  # an earlier failed attempt of this unit now succeeded
-                    stale.unlink()
-            except Exception as exc:  # one T1w failing must not stop the others
-                _log.error("%s failed at %s: %s\n%s", unit.prefix, result.step, exc, traceback.format_exc())
-                _record_failure(output_dir, result, exc, log_file)
-        summary.results.append(result)
+        summary.results.append(run_unit(unit, backend, packages, replace(options)))
     return summary
 
 
@@ -246,7 +425,23 @@ def _container_info() -> dict[str, str] | None:
 
 
 def run_group_level(bids_dir: Path, output_dir: Path) -> Any:
-    """Group level: reads only ``output_dir`` (and labels from the input's participants.tsv)."""
+    """Group level: reads only ``output_dir`` (and labels from the input's participants.tsv).
+
+    The same path rules as the participant level, checked before anything is read or written: a
+    missing ``bids_dir`` (or one without ``dataset_description.json``) is refused with
+    :class:`NoInputError` (exit 66), an ``output_dir`` inside the input with :class:`UsageError`
+    (exit 64), and a missing ``output_dir`` (no participant level ran) with :class:`NoInputError`.
+    """
     from .group import run_group_level as _run
 
-    return _run(Path(bids_dir), Path(output_dir))
+    bids = Path(bids_dir)
+    if not bids.is_dir():
+        raise NoInputError(f"the BIDS directory {bids} does not exist")
+    if not (bids / "dataset_description.json").is_file():
+        raise NoInputError(f"{bids} has no dataset_description.json, so it is not a BIDS dataset")
+    check_paths(bids, Path(output_dir), None)
+    out = Path(output_dir)
+    if not (out / "dataset_description.json").is_file():
+        raise NoInputError(f"{out} holds no participant-level outputs (no dataset_description.json); "
+                           "run the participant level first")
+    return _run(bids, out)

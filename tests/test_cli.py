@@ -36,7 +36,7 @@ def test_defaults_are_valid():
 def test_participant_label_aliases_and_prefix(flag, tmp_path):
     listing = tmp_path / "subjects.txt"
     listing.write_text("sub-03\n# comment\n04\n")
-    args = build_parser().parse_args(["in", "out", "participant", flag, "sub-01", "02", str(listing)])
+    args = build_parser().parse_args(["in", "out", "participant", flag, "sub-01", "02", f"@{listing}"])
     assert read_labels(args.participant_label, "sub") == ["01", "02", "03", "04"]
 
 

@@ -14,12 +14,14 @@ from bids_app.preproc.inputs import load_t1w
 
 
 def _head(shape=(100, 115, 100), voxel=1.2, seed=0) -> np.ndarray:
-    """An ellipsoidal 'head' with noise: bright enough and big enough to pass the head checks."""
+    """An ellipsoidal 'head' with noise and layers (scalp, skull, grey and white matter): bright,
+    big and varied enough inside to pass the head checks."""
     rng = np.random.default_rng(seed)
     c = [(s - 1) / 2 for s in shape]
     ijk = np.indices(shape, dtype=np.float32)
     r = sum(((ijk[a] - c[a]) * voxel / (r_mm)) ** 2 for a, r_mm in zip(range(3), (50.0, 60.0, 50.0)))
-    data = np.where(r <= 1.0, 800.0, 5.0) + rng.normal(0, 10, shape)
+    inside = np.select([r < 0.35, r < 0.8, r < 0.9], [800.0, 500.0, 250.0], 900.0)
+    data = np.where(r <= 1.0, inside, 5.0) + rng.normal(0, 10, shape)
     return data.astype(np.float32)
 
 

@@ -87,13 +87,14 @@ def _run_bids_app(argv: Sequence[str]) -> int:
         print(f"vbm-predict: unknown analysis level {args.analysis_level!r}; use participant or group", file=sys.stderr)
         return EXIT_UNKNOWN_LEVEL
     if args.analysis_level == "participant":
-        from ..discovery import read_labels
+        from ..discovery import load_bids_filters, read_labels
 
         summary = run_participant_level(
             args.bids_dir,
             args.output_dir,
             participant_labels=read_labels(args.participant_label, "sub"),
             session_labels=read_labels(args.session_label, "ses"),
+            bids_filters=load_bids_filters(args.bids_filter_file),
             work_dir=args.work_dir,
             preproc=args.preproc,
             derivatives_dir=args.derivatives,

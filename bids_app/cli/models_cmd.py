@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, NoInputError, UsageError
-from .parser import positive_int
+from .parser import device_name, positive_int
 
 __all__ = ["add_parser", "run"]
 
@@ -45,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("package", type=Path, metavar="PACKAGE_DIR")
     sc.add_argument("--input", required=True, type=Path, metavar="ARRAY.npy")
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
-    sc.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    sc.add_argument("--device", default="cpu", type=device_name, metavar="{auto,cpu,cuda,cuda:N}")
     sc.add_argument("--precision", default="auto", choices=("auto", "fp32", "fast", "fused", "bf16"))  # = models.PRECISIONS (torch-free here)
     sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)
@@ -107,11 +107,13 @@ def _load_array(path: Path, channels_last: bool) -> Any:
 
 def _score(args: argparse.Namespace) -> int:
     from ..models import load_package, predict
+    from ..models.device import resolve_device
 
     x = _load_array(args.input, args.channels_last)
-    pkg = load_package(args.package, device="cpu" if args.device == "cpu" else args.device)
+    device = str(resolve_device(args.device))  # a usage error (64) before anything is loaded
+    pkg = load_package(args.package, device=device)
     try:
-        scores = predict(pkg, x, device=args.device, precision=args.precision, batch_size=args.batch_size)
+        scores = predict(pkg, x, device=device, precision=args.precision, batch_size=args.batch_size)
     except (ValueError, TypeError) as exc:
         raise InputDataError(f"{args.input}: {exc}") from None
     out = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .. import __version__
 
-__all__ = ["build_parser", "positive_int", "ANALYSIS_LEVELS"]
+__all__ = ["build_parser", "positive_int", "device_name", "ANALYSIS_LEVELS"]
 
 ANALYSIS_LEVELS = ("participant", "group")
 
@@ -32,6 +32,15 @@ def _threshold(value: str) -> float:
     if not 0.0 < t < 1.0:
         raise argparse.ArgumentTypeError(f"a threshold must lie strictly between 0 and 1; got {t}")
     return t
+
+
+def device_name(value: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (whether the machine has it is checked at the start of
+    the run, by :func:`bids_app.models.device.resolve_device`)."""
+    name = value.strip().lower()
+    if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N; got {value!r}")
 
 
 def positive_int(value: str) -> int:
@@ -63,11 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     sel = parser.add_argument_group("selecting data")
     sel.add_argument(
         "--participant-label", "--participant_label", dest="participant_label", nargs="+", default=[],
-        metavar="LABEL", help="participants to process (sub- prefix optional) or files with one label per line",
+        metavar="LABEL", help="participants to process (sub- prefix optional); @FILE reads one label per line "
+                              "of FILE (a plain value is always a label, never a file name)",
     )
     sel.add_argument(
         "--session-label", "--session_label", dest="session_label", nargs="+", default=[],
-        metavar="LABEL", help="sessions to process (ses- prefix optional)",
+        metavar="LABEL", help="sessions to process (ses- prefix optional); @FILE reads them from FILE",
+    )
+    sel.add_argument(
+        "--bids-filter-file", "--bids_filter_file", dest="bids_filter_file", type=Path, default=None,
+        metavar="FILE", help='JSON of pybids filters for the T1w images, e.g. {"t1w": {"acquisition": "mprage", '
+                             '"reconstruction": null}} (null: entity absent)',
     )
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                      action="store_true", help="do not run the BIDS validator on the input")
@@ -83,14 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--models", default=None, metavar="DIR",
                       help="directory of model packages; 'demo' = synthetic demo models; default: "
                            "$VBM_PREDICT_MODELS (set in the container)")
-    proc.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the models run")
+    proc.add_argument("--device", type=device_name, default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                      help="where the models run (checked before any preprocessing)")
     proc.add_argument("--ad-threshold", type=_threshold, default=0.5,
                       help="AD decision threshold (the authors suggest 0.3 for screening)")
     proc.add_argument("--no-reports", dest="reports", action="store_false", help="skip HTML reports")
 
     res = parser.add_argument_group("resources")
     res.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
-                     help="scratch directory (resumable); default: <output_dir>/../.<name>-work")
+                     help="scratch directory (resumable; per-T1w scratch removed once its outputs are "
+                          "written); default: <output_dir>/.work")
     res.add_argument("--nprocs", "--n_cpus", "--nthreads", dest="nprocs", type=positive_int, default=1,
                      help="CPU threads for preprocessing and inference")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-v info, -vv debug)")

@@ -46,6 +46,7 @@ from torch import nn
 from .. import grid
 from .._io import sha256_file, write_bytes, write_json
 from ..errors import ModelPackageError
+from .device import resolve_device
 from .graph import GraphNet, nodes_from_spec
 from .irv2 import ARCHITECTURES, build_network
 
@@ -59,6 +60,9 @@ __all__ = [
     "save_package",
     "load_package",
     "find_packages",
+    "card_digest",
+    "package_identity",
+    "unique_packages",
 ]
 
 SCHEMA_VERSION = 1
@@ -211,9 +215,9 @@ def save_package(
 
     out_dir = Path(out_dir)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
+        raise ModelPackageError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
     if not fold_state_dicts:
-        raise ValueError("at least one fold's state dict is required")
+        raise ModelPackageError("at least one fold's state dict is required")
     card = copy.deepcopy(dict(card))
     card.setdefault("schema_version", SCHEMA_VERSION)
     card.pop("folds", None)
@@ -223,20 +227,22 @@ def save_package(
         missing = sorted(set(reference) - set(sd))
         extra = sorted(set(sd) - set(reference))
         if missing or extra:
-            raise ValueError(f"fold {k}: state dict does not fit {card['architecture']['name']}: missing {missing[:5]}, unexpected {extra[:5]}")
+            raise ModelPackageError(f"fold {k}: state dict does not fit {card['architecture']['name']}: missing {missing[:5]}, unexpected {extra[:5]}")
         for key, ref in reference.items():
             if tuple(sd[key].shape) != tuple(ref.shape):
-                raise ValueError(f"fold {k}: {key} has shape {tuple(sd[key].shape)}, the architecture needs {tuple(ref.shape)}")
+                raise ModelPackageError(f"fold {k}: {key} has shape {tuple(sd[key].shape)}, the architecture needs {tuple(ref.shape)}")
             if not torch.isfinite(sd[key].float()).all():
-                raise ValueError(f"fold {k}: {key} holds NaN or infinite values")
+                raise ModelPackageError(f"fold {k}: {key} holds NaN or infinite values")
+    card["weights_dtype"] = str(dtype).replace("torch.", "")
+    digest = card_digest(card)
     folds = []
     for k, sd in enumerate(fold_state_dicts):
         name = f"fold{k}.safetensors"
-        blob = st_save(_state_to_float(sd, dtype), metadata={"task": str(card["task"]), "name": str(card["name"]), "fold": str(k)})
+        meta = {"task": str(card["task"]), "name": str(card["name"]), "fold": str(k), "card_sha256": digest}
+        blob = st_save(_state_to_float(sd, dtype), metadata=meta)
         path = write_bytes(out_dir / name, blob)
         folds.append({"file": name, "sha256": sha256_file(path)})
     card["folds"] = folds
-    card["weights_dtype"] = str(dtype).replace("torch.", "")
     write_json(out_dir / "model.json", card)
     keep = {f["file"] for f in folds}
     for stale in out_dir.glob("fold*.safetensors"):
@@ -245,14 +251,28 @@ def save_package(
     return out_dir
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA device is available")
-    return torch.device(device)
+def card_digest(card: Mapping[str, Any]) -> str:
+    """sha256 of the card without its ``folds`` list (canonical JSON): what pins the card.
+
+    ``save_package`` stores it in every fold's safetensors metadata (``card_sha256``), and the card
+    pins every fold file by its sha256, so an edited card (e.g. ``synthetic: false``) no longer
+    matches its weights and is refused on load.
+    """
+    body = {k: v for k, v in card.items() if k != "folds"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def _safetensors_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header length + JSON header)."""
+    if len(blob) < 8:
+        return {}
+    n = int.from_bytes(blob[:8], "little")
+    try:
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def load_package(path: Path, *, device: str = "cpu") -> ModelPackage:
@@ -276,7 +296,8 @@ def load_package(path: Path, *, device: str = "cpu") -> ModelPackage:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _fail(card_path, f"not valid JSON ({exc})") from None
     validate_card(card, card_path)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
+    pinned = card_digest(card)
     try:
         template = network_from_architecture(card["architecture"])
     except (KeyError, TypeError, ValueError) as exc:
@@ -296,6 +317,13 @@ def load_package(path: Path, *, device: str = "cpu") -> ModelPackage:
             state = st_load(blob)
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise _fail(wpath, f"not a readable safetensors file ({exc})") from None
+        recorded = _safetensors_metadata(blob).get("card_sha256")
+        if recorded is None:
+            raise _fail(wpath, "does not pin its model card (no card_sha256 in its metadata: written by an "
+                               "older vbm-predict); re-save the package with bids_app.models.save_package")
+        if recorded != pinned:
+            raise _fail(card_path, f"the card was edited after the weights were written (its sha256 {pinned} "
+                                   f"is not the {recorded} that {entry['file']} pins); the package is refused")
         missing = sorted(set(ref_state) - set(state))
         extra = sorted(set(state) - set(ref_state))
         if missing or extra:
@@ -336,4 +364,35 @@ def find_packages(models_dir: Path) -> list[Path]:
     if not models_dir.is_dir():
         return []
     return sorted({p.parent for p in models_dir.rglob("model.json") if p.is_file()})
+
+
+def package_identity(package: ModelPackage) -> tuple[str, str, tuple[str, ...]]:
+    """(name, version, fold sha256s): two packages with the same identity are the same model."""
+    return (package.name, package.version, tuple(package.sha256))
+
+
+def unique_packages(packages: Sequence[ModelPackage]) -> list[ModelPackage]:
+    """Drop copies of a package (e.g. a backup in a subfolder) so that each model is applied once.
+
+    Two *different* packages that share a name would give two rows with one ``model_name`` and are
+    refused with :class:`ModelPackageError`.
+    """
+    seen: dict[tuple[str, str, tuple[str, ...]], ModelPackage] = {}
+    by_name: dict[str, ModelPackage] = {}
+    for p in packages:
+        ident = package_identity(p)
+        if ident in seen:
+            import logging
+
+            logging.getLogger("bids_app.models").warning(
+                "model %s %s in %s is a copy of %s: applied once", p.name, p.version, p.path, seen[ident].path
+            )
+            continue
+        if p.name in by_name:
+            raise ModelPackageError(
+                f"two different model packages are named {p.name!r}: {by_name[p.name].path} and {p.path}; "
+                "keep one of them in --models (or give them different names)"
+            )
+        seen[ident] = by_name[p.name] = p
+    return list(seen.values())
 

@@ -30,7 +30,8 @@ from .. import grid
 from ..types import ModelScores
 from .fast import OneDNNGraphNet, fold_batchnorm, onednn_available
 from .graph import GraphNet
-from .package import ModelPackage, _resolve_device
+from .device import resolve_device
+from .package import ModelPackage
 
 __all__ = ["Precision", "PRECISIONS", "default_precision", "prepare_networks", "predict", "check_model_input"]
 
@@ -121,7 +122,7 @@ def predict(
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     x = check_model_input(x)
     prec = default_precision(dev) if precision == "auto" else precision
     nets = prepare_networks(package, dev, prec)

@@ -4,7 +4,7 @@ Every backend implements :class:`bids_app.types.PreprocBackend` in a module of i
 
 * ``clinica``     Clinica ``t1-volume`` with SPM25 standalone (the container's default);
 * ``ants``        SPM-free chain from antspyx and nilearn's MNI152 templates;
-* ``derivatives`` reuse maps that already exist (Clinica CAPS, BIDS-derivatives ``label-GM``
+* ``derivatives`` (:mod:`~bids_app.preproc.existing`) reuse maps that already exist (Clinica CAPS, BIDS-derivatives ``label-GM``
   probseg maps, DPARSF ``wc1*``/``mwc1*`` files).
 
 Backends know nothing of the models; :func:`get_backend` is the only way the workflows choose one.
@@ -58,7 +58,7 @@ def get_backend(
     if name == "derivatives":
         if derivatives_dir is None:
             raise UsageError("--preproc derivatives needs --derivatives DIR")
-        from .derivatives import DerivativesBackend
+        from .existing import DerivativesBackend
 
         return DerivativesBackend(derivatives_dir)
     if name == "ants":

@@ -9,12 +9,22 @@ the rule it broke and what was found. What is accepted, on purpose:
 * voxel sizes from :data:`VOXEL_SIZE_RANGE_MM` (0.4-3.0 mm: the validated 0.7-1.5 mm plus margin);
 * ``.nii`` and ``.nii.gz``; a 4D file holding a single volume (squeezed to 3D);
 * some non-finite voxels (set to 0), as long as the image holds a head.
+
+What "holds a head" means (:func:`head_evidence`; measured on Colin27, nilearn's MNI152, the
+simulated heads of :mod:`bids_app.synth`, pure noise of four distributions, smooth noise and a
+uniform sphere phantom, see docs/reliability.md): the bright class of an Otsu split, after a
+morphological opening that erases isolated bright voxels, holds one connected object of at least
+:data:`MIN_HEAD_VOLUME_ML`; the border of the field of view is dark compared with that object
+(air around the head: ratio <= :data:`MAX_BORDER_RATIO`); and the object is not uniform inside
+(grey matter, white matter, CSF and skull differ: spread >= :data:`MIN_TISSUE_SPREAD`). Noise fails
+the first test, smooth noise the second, a phantom the third.
 """
 
 from __future__ import annotations
 
 import gzip
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +32,17 @@ import numpy as np
 
 from ..errors import InputDataError, NoInputError
 
-__all__ = ["VOXEL_SIZE_RANGE_MM", "MIN_EXTENT_MM", "MIN_HEAD_VOLUME_ML", "load_t1w"]
+__all__ = [
+    "VOXEL_SIZE_RANGE_MM",
+    "MIN_EXTENT_MM",
+    "MIN_HEAD_VOLUME_ML",
+    "MAX_BORDER_RATIO",
+    "MIN_TISSUE_SPREAD",
+    "HeadEvidence",
+    "head_evidence",
+    "load_t1w",
+    "check_t1w_header",
+]
 
 #: smallest and largest accepted voxel edge (mm)
 VOXEL_SIZE_RANGE_MM: tuple[float, float] = (0.4, 3.0)
@@ -30,7 +50,40 @@ VOXEL_SIZE_RANGE_MM: tuple[float, float] = (0.4, 3.0)
 MIN_EXTENT_MM: float = 100.0
 #: smallest volume of bright (head) voxels (ml); an adult brain alone is ~1,100 ml
 MIN_HEAD_VOLUME_ML: float = 400.0
+#: largest median intensity of the field-of-view border relative to the head's median (heads: <= 0.07,
+#: smooth noise: 0.99)
+MAX_BORDER_RATIO: float = 0.3
+#: smallest (p90 - p10) / p50 of the intensities inside the head (heads: >= 0.40, a uniform phantom: 0.06)
+MIN_TISSUE_SPREAD: float = 0.2
 
+
+@dataclass(frozen=True)
+class HeadEvidence:
+    """The measurements behind the head check (all in the docstring of this module)."""
+
+    object_ml: float
+    border_ratio: float
+    tissue_spread: float
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.object_ml < MIN_HEAD_VOLUME_ML:
+            out.append(
+                f"no connected bright object of head size: the largest holds {self.object_ml:.0f} ml "
+                f"(a head covers well over {MIN_HEAD_VOLUME_ML:.0f} ml; noise has none)"
+            )
+            return out
+        if self.border_ratio > MAX_BORDER_RATIO:
+            out.append(
+                f"the border of the field of view is as bright as the object ({self.border_ratio:.2f} of its "
+                f"median, a head in air is below {MAX_BORDER_RATIO})"
+            )
+        if self.tissue_spread < MIN_TISSUE_SPREAD:
+            out.append(
+                f"the object is uniform inside (intensity spread {self.tissue_spread:.2f}, a head's tissues "
+                f"give >= {MIN_TISSUE_SPREAD}): a phantom?"
+            )
+        return out
 
 def load_t1w(path: Path) -> nib.Nifti1Image:
     """Read ``path`` and return a 3D float32 NIfTI image with the file's affine, or raise.
@@ -47,6 +100,7 @@ def load_t1w(path: Path) -> nib.Nifti1Image:
     path = Path(path)
     if not path.is_file():
         raise NoInputError(f"{path}: T1w file not found")
+    _check_readable(path)
     name = path.name.lower()
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         raise InputDataError(f"{path}: expected a NIfTI file (.nii or .nii.gz)")
@@ -115,10 +169,73 @@ def load_t1w(path: Path) -> nib.Nifti1Image:
             f"{path}: only {head_ml:.0f} ml of the field of view is brighter than the background; "
             f"a head covers well over {MIN_HEAD_VOLUME_ML:.0f} ml. Is this a T1w of a whole head?"
         )
+    problems = head_evidence(data, voxel).problems()
+    if problems:
+        raise InputDataError(f"{path}: this does not look like a head: {'; '.join(problems)}")
 
     out = nib.Nifti1Image(data, affine)
     out.header.set_xyzt_units("mm")
     return out
+
+
+def head_evidence(data: np.ndarray, voxel_mm: np.ndarray | tuple[float, float, float]) -> HeadEvidence:
+    """Measure what tells a head from noise, smooth noise, a phantom (see the module docstring).
+
+    Works on a copy subsampled to voxels of at least 2 mm (fast on 1 mm heads; the thresholds do
+    not depend on it).
+    """
+    from scipy import ndimage
+
+    voxel = np.asarray(voxel_mm, dtype=np.float64)
+    step = np.maximum(1, np.floor(2.0 / voxel)).astype(int)
+    small = np.ascontiguousarray(data[:: step[0], :: step[1], :: step[2]], dtype=np.float32)
+    voxel_ml = float(np.prod(voxel * step)) / 1000.0
+    bright = small > _otsu(small.ravel())
+    opened = ndimage.binary_opening(bright, structure=np.ones((3, 3, 3), bool))
+    labels, n = ndimage.label(opened)
+    if n == 0:
+        return HeadEvidence(0.0, float("inf"), 0.0)
+    sizes = np.bincount(labels.ravel())[1:]
+    obj = labels == (int(np.argmax(sizes)) + 1)
+    obj_median = float(np.median(small[obj]))
+    border = np.ones(small.shape, bool)
+    border[2:-2, 2:-2, 2:-2] = False
+    ratio = float(np.median(small[border])) / obj_median if obj_median > 0 else float("inf")
+    inner = ndimage.binary_erosion(obj, iterations=1)
+    values = small[inner] if inner.any() else small[obj]
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    spread = float((p90 - p10) / p50) if p50 > 0 else 0.0
+    return HeadEvidence(float(sizes.max()) * voxel_ml, ratio, spread)
+
+
+def check_t1w_header(path: Path) -> None:
+    """The light check for a T1w whose maps are reused: it exists and is a readable 3D NIfTI image.
+
+    Raises :class:`NoInputError` (missing) or :class:`InputDataError` (not a NIfTI, not 3D), naming
+    the file; the voxel data are not read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NoInputError(f"{path}: T1w file not found (or a broken symlink)")
+    _check_readable(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises several unrelated types for bad headers
+        raise InputDataError(f"{path}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
+    shape = tuple(int(s) for s in getattr(img, "shape", ()))
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)) or not (
+        len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)
+    ):
+        raise InputDataError(f"{path}: the T1w must be one 3D NIfTI volume; got {type(img).__name__} {shape}")
+
+
+def _check_readable(path: Path) -> None:
+    """A file the app's user may not read is a missing input (exit 66), not a corrupt one."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as exc:
+        raise NoInputError(f"{path}: cannot read the T1w (permission denied); give the app's user read access") from exc
 
 
 def _check_gzip(path: Path) -> None:

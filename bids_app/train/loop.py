@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .._io import atomic_path
+from ..models.device import resolve_device
 
 __all__ = ["OptimConfig", "TrainResult", "train_network", "evaluate", "resolve_device", "set_trainable", "recalibrate_batchnorm"]
 
@@ -61,17 +62,6 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
-    return torch.device(device)
 
 
 def set_trainable(net: nn.Module, frozen: Sequence[nn.Module]) -> None:

@@ -1,5 +1,10 @@
 """The ``derivatives`` backend: reuse GM maps that already exist, so predictions need no preprocessing.
 
+(The module is called ``existing`` so that it is not mistaken for :mod:`bids_app.derivatives`, the
+writer of this app's own outputs.) The T1w a pair of maps stands for is still checked: it must be a
+readable 3D NIfTI image (:func:`bids_app.preproc.inputs.check_t1w_header`, called by the stage
+runner for every backend that reuses maps), so a T1w that is really a text file gets no predictions.
+
 Three layouts are recognised, tried in this order for each T1w:
 
 ``caps``
@@ -27,6 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .._io import sha256_file
 from ..errors import InputDataError, NoInputError, NoMatchError
 from ..grid import SPM_SHAPE, is_on_grid, to_grid
 from ..types import GMMaps, T1wUnit
@@ -74,6 +80,8 @@ class DerivativesBackend:
     """Read GMD / GMV maps from an existing derivatives directory (see module docstring)."""
 
     name = "derivatives"
+    #: maps are read, not made: no T1w processing, no cache (the maps are re-read on every run)
+    reuses_existing_maps = True
 
     def __init__(self, derivatives_dir: Path):
         self.root = Path(derivatives_dir)
@@ -113,8 +121,12 @@ class DerivativesBackend:
         anat = self.root.joinpath(unit.subdir)
         if not anat.is_dir():
             return None
+        # the BIDS place of space (before chunk: this app's outputs), or after every source entity
+        entities = re.escape(unit.with_space("SPACE")).replace("SPACE", "[A-Za-z0-9]+")
+        legacy = re.escape(unit.prefix) + r"_space-[A-Za-z0-9]+"
         pattern = re.compile(
-            re.escape(unit.prefix) + r"_space-[A-Za-z0-9]+(?:_res-[A-Za-z0-9]+)?_label-GM(?P<desc>_desc-[A-Za-z0-9]+)?_probseg\.nii(?:\.gz)?$"
+            f"(?:{entities}|{legacy})"
+            + r"(?:_res-[A-Za-z0-9]+)?_label-GM(?P<desc>_desc-[A-Za-z0-9]+)?_probseg\.nii(?:\.gz)?$"
         )
         gmd = gmv = None
         for path in sorted(anat.iterdir()):
@@ -170,7 +182,8 @@ class DerivativesBackend:
         layout, gmd_path, gmv_path = found
         gmd, gmd_resampled = load_map(gmd_path)
         gmv, gmv_resampled = load_map(gmv_path)
-        assert gmd.shape == SPM_SHAPE and gmv.shape == SPM_SHAPE
+        if gmd.shape != SPM_SHAPE or gmv.shape != SPM_SHAPE:
+            raise InputDataError(f"{gmd_path}: maps could not be brought onto the SPM grid {SPM_SHAPE}")
         origin = {"caps": "clinica", "dparsf": "spm"}.get(layout) or _sidecar_backend(gmv_path)
         return GMMaps(
             gmd=gmd,
@@ -181,6 +194,8 @@ class DerivativesBackend:
                 "Layout": layout,
                 "GMDFile": str(gmd_path),
                 "GMVFile": str(gmv_path),
+                "GMDSha256": sha256_file(gmd_path),
+                "GMVSha256": sha256_file(gmv_path),
                 "ResampledToSPMGrid": bool(gmd_resampled or gmv_resampled),
                 "OriginalBackend": origin,
             },
