@@ -21,7 +21,7 @@ import numpy as np
 from . import RESEARCH_USE_NOTICE, __version__
 from ._io import atomic_path, write_json
 from .derivatives import SPACE, map_path, predictions_path, write_map, write_predictions
-from .grid import MASK_PROVENANCE, SPM_AFFINE, SPM_SHAPE, make_model_input
+from .grid import SPM_AFFINE, SPM_SHAPE, make_model_input, model_input_mask
 from .types import GMMaps, PreprocBackend, QCResult, T1wUnit
 
 __all__ = ["UnitOptions", "UnitResult", "process_unit", "prediction_rows", "cached_preprocessing"]
@@ -182,7 +182,7 @@ def _map_sidecar(unit: T1wUnit, bids_dir: Path, maps: GMMaps, qc: QCResult, kind
         "PreprocBackendVersion": maps.backend_version,
         "Provenance": dict(maps.provenance),
         "QC": {"Metrics": dict(qc.metrics), "Flags": list(qc.flags), "Thresholds": dict(qc.thresholds), "Passed": qc.passed},
-        "ModelInputMask": MASK_PROVENANCE,
+        "ModelInputMask": model_input_mask()[1],
         "GeneratedBy": f"vbm-predict {__version__}",
     }
 
@@ -253,7 +253,8 @@ def process_unit(
         result.outputs.append(path)
 
     result.step = "models"
-    x = make_model_input(maps.gmd, maps.gmv)[None]
+    mask, _ = model_input_mask()
+    x = make_model_input(maps.gmd, maps.gmv, mask=mask)[None]
     scored = []
     for package in packages:
         _log.info("%s: scoring with %s (%s, %d fold(s))", unit.prefix, package.name, package.task, len(package.sha256))
