@@ -112,6 +112,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     HOME=/tmp
 ARG VERSION=0.1.0
 ARG VCS_REF=unknown
+ARG WITH_PUBLISHED_WEIGHTS=1
 LABEL org.opencontainers.image.title="vbm-predict" \
       org.opencontainers.image.description="BIDS App: T1w MRI -> VBM grey-matter maps -> sex and AD predictions (research use only)" \
       org.opencontainers.image.version="${VERSION}" \
@@ -119,7 +120,8 @@ LABEL org.opencontainers.image.title="vbm-predict" \
       org.opencontainers.image.source="https://github.com/vbm-predict/vbm-predict" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="vbm-predict" \
-      io.github.vbm-predict.flavour.spm="${WITH_SPM}"
+      io.github.vbm-predict.flavour.spm="${WITH_SPM}" \
+      io.github.vbm-predict.flavour.published-weights="${WITH_PUBLISHED_WEIGHTS}"
 RUN groupadd --gid 1000 vbm && useradd --no-create-home --uid 1000 --gid 1000 --home-dir /tmp vbm
 USER 1000:1000
 WORKDIR /tmp

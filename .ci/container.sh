@@ -23,26 +23,27 @@ BASE_IMAGE=${VBM_CI_BASE_IMAGE:-vbm-localbase:bookworm}
 IMAGE=${VBM_PREDICT_TEST_IMAGE:-vbm-predict:ci}
 CONTEXT_EXTRA=docker/context-extra      # git-ignored: host CA bundle + pip.conf for the build
 WHEELS=docker/wheels                    # git-ignored *.whl: torch CPU wheel for the build
-DOCKER=/usr/bin/docker                  # Debian's client, talking only to our socket
+DOCKER=/usr/bin/docker                  # the packaged client (not a wrapper on PATH), talking only to our socket
 export DOCKER_HOST="unix://$SOCK"
 
 log() { echo "[container] $*" >&2; }
 elapsed() { echo $(( $(date +%s) - $1 )); }
 
 install_tools() {
-  if [ -x /usr/sbin/dockerd ] && [ -x "$DOCKER" ] && command -v debootstrap >/dev/null; then return; fi
+  if command -v dockerd >/dev/null && [ -x "$DOCKER" ] && command -v debootstrap >/dev/null; then return; fi
   local t0; t0=$(date +%s)
   local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends docker.io debootstrap debian-archive-keyring >/dev/null
   log "apt-get install docker.io debootstrap: $(elapsed "$t0") s"
 }
 
 start_engine() {
   mkdir -p "$STATE/data" "$STATE/exec"
   if [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then log "dockerd already running"; return; fi
-  /usr/sbin/dockerd --data-root "$STATE/data" --exec-root "$STATE/exec" --host "$DOCKER_HOST" \
+  PATH="$PATH:/usr/sbin" dockerd --data-root "$STATE/data" --exec-root "$STATE/exec" --host "$DOCKER_HOST" \
     --pidfile "$PIDFILE" --iptables=false --ip6tables=false --bridge=none \
+    --containerd-namespace vbm-ci --containerd-plugins-namespace vbm-ci-plugins \
     >"$STATE/dockerd.log" 2>&1 &
   for _ in $(seq 60); do
     if "$DOCKER" version >/dev/null 2>&1; then log "dockerd up (pid $(cat "$PIDFILE"))"; return; fi

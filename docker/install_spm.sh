@@ -69,6 +69,7 @@ export MCR_INHIBIT_CTF_LOCK=1 MCR_CACHE_ROOT="${tmp}/mcr_cache" SPM_HTML_BROWSER
 n_tpm="$(find "${SPM_HOME}" -name 'TPM.nii' | wc -l)"
 [ "${n_tpm}" = 1 ] || die "expected one TPM.nii below ${SPM_HOME} after the first run; found ${n_tpm}"
 "${SPM_HOME}"/run_spm*.sh "${MCR_HOME}" --version || die "SPM standalone --version failed"
+echo "SPM ${SPM_VERSION} standalone (${SPM_URL##*/}), MATLAB Runtime ${MCR_RELEASE}" > "${SPM_HOME}/VERSION.vbm-predict"
 chmod -R a+rX "${SPM_HOME}" "${PREFIX}/mcr"
 
 echo "[install_spm] Clinica ${CLINICA_VERSION} -> ${PREFIX}/clinica-venv"

@@ -80,6 +80,11 @@ def _run_subcommand(argv: Sequence[str]) -> int:
 def _run_bids_app(argv: Sequence[str]) -> int:
     from ..workflows import run_group_level, run_participant_level
 
+    if "--version" in argv:
+        from ..versions import version_report
+
+        print(version_report())  # the app, the model packages, the preprocessing tools
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose + 1)  # progress (INFO) is shown by default
