@@ -52,7 +52,8 @@ COPY bids_app/__init__.py /opt/vbm-predict/bids_app/__init__.py
 RUN if [ -f /opt/vbm-build/pip.conf ]; then export PIP_CONFIG_FILE=/opt/vbm-build/pip.conf; fi \
  && /opt/venv/bin/pip install /opt/vbm-predict
 COPY bids_app /opt/vbm-predict/bids_app
-RUN /opt/venv/bin/pip install --no-deps --force-reinstall /opt/vbm-predict \
+RUN if [ -f /opt/vbm-build/pip.conf ]; then export PIP_CONFIG_FILE=/opt/vbm-build/pip.conf; fi \
+ && /opt/venv/bin/pip install --no-deps --force-reinstall /opt/vbm-predict \
  && rm -rf /opt/vbm-predict/build /opt/vbm-predict/*.egg-info \
  && /opt/venv/bin/python -c "import bids_app, torch; print('vbm-predict', bids_app.__version__, 'torch', torch.__version__)"
 

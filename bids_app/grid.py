@@ -100,6 +100,8 @@ def _published_mask(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     from ._io import sha256_file
 
     img = nib.load(path)
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise ValueError(f"{path}: not an image nibabel can place on a grid")
     if tuple(img.shape[:3]) == SPM_SHAPE and len(img.shape) == 3:
         # on the model grid already: used voxel for voxel, as the authors' script multiplies the arrays
         data = np.asarray(img.dataobj, dtype=np.float32)

@@ -35,11 +35,15 @@ def _packages(models_dir: Path | None) -> list[dict[str, Any]]:
     for card_path in sorted(models_dir.glob("*/model.json")):
         try:
             card = json.loads(card_path.read_text(encoding="utf-8"))
-            out.append({
-                "name": str(card["name"]), "version": str(card["version"]), "task": str(card["task"]),
-                "sha256": [str(f["sha256"]) for f in card["folds"]],
-                "generation": (card.get("provenance") or {}).get("generation", {}).get("id"),
-            })
+            out.append(
+                {
+                    "name": str(card["name"]),
+                    "version": str(card["version"]),
+                    "task": str(card["task"]),
+                    "sha256": [str(f["sha256"]) for f in card["folds"]],
+                    "generation": (card.get("provenance") or {}).get("generation", {}).get("id"),
+                }
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             out.append({"name": card_path.parent.name, "error": f"unreadable model.json ({exc})"})
     return out
@@ -51,7 +55,7 @@ def _clinica_version() -> str | None:
         return None
     venv = Path(python).parent.parent  # the dist-info names the version; importing Clinica takes seconds
     for dist in sorted(venv.glob("lib/python3*/site-packages/clinica-*.dist-info")):
-        return dist.name[len("clinica-"):-len(".dist-info")]
+        return dist.name[len("clinica-") : -len(".dist-info")]
     return None
 
 
@@ -60,8 +64,11 @@ def _spm() -> dict[str, str] | None:
     if not home or not Path(home).is_dir():
         return None
     stamp = Path(home) / "VERSION.vbm-predict"  # written by docker/install_spm.sh
-    return {"home": home, "version": stamp.read_text().strip() if stamp.is_file() else "unknown",
-            "mcr_home": os.environ.get("MCR_HOME", "")}
+    return {
+        "home": home,
+        "version": stamp.read_text().strip() if stamp.is_file() else "unknown",
+        "mcr_home": os.environ.get("MCR_HOME", ""),
+    }
 
 
 def version_info(models_dir: Path | None = None) -> dict[str, Any]:
@@ -101,6 +108,10 @@ def version_report(models_dir: Path | None = None) -> str:
     pre = info["preprocessing"]
     lines.append(f"preprocessing: antspyx {pre['antspyx'] or 'not installed'} (ants backend)")
     spm = pre["spm"]
-    lines.append(f"preprocessing: SPM standalone {spm['version']} in {spm['home']} (MCR_HOME {spm['mcr_home']}); "
-                 f"Clinica {pre['clinica'] or 'not found'}" if spm else "preprocessing: SPM standalone not configured")
+    lines.append(
+        f"preprocessing: SPM standalone {spm['version']} in {spm['home']} (MCR_HOME {spm['mcr_home']}); "
+        f"Clinica {pre['clinica'] or 'not found'}"
+        if spm
+        else "preprocessing: SPM standalone not configured"
+    )
     return "\n".join(lines)

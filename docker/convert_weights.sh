@@ -19,8 +19,36 @@ SRC=${1:?usage: convert_weights.sh SRC_DIR OUT_DIR}
 OUT=${2:?usage: convert_weights.sh SRC_DIR OUT_DIR}
 PYTHON=${PYTHON:-python3}
 
+# 1. which generation: only json here, so a missing file is reported before anything heavy is imported
+CARD=$(dirname "$0")/../bids_app/data/brainimagenet.json
+[ -f "$CARD" ] || CARD=$("$PYTHON" -c 'import bids_app, pathlib; print(pathlib.Path(bids_app.__file__).parent / "data" / "brainimagenet.json")')
+GENERATION=$("$PYTHON" - "$SRC" "$CARD" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+src, card = Path(sys.argv[1]), Path(sys.argv[2])
+generations = json.loads(card.read_text())["generations"]  # newest first
+missing = {}
+for gen in generations:
+    names = gen["files"]["sex"] + gen["files"]["ad"]
+    missing[gen["id"]] = [n for n in names if not (src / n).is_file() or (src / n).stat().st_size == 0]
+    print(f"generation {gen['id']}: {len(names) - len(missing[gen['id']])} of {len(names)} files in {src}", file=sys.stderr)
+    if not missing[gen["id"]]:
+        print(gen["id"])
+        sys.exit(0)
+for gen_id, names in missing.items():
+    for n in names:
+        print(f"ERROR: published weights file missing or empty (generation {gen_id}): {src / n}", file=sys.stderr)
+sys.exit("ERROR: no complete generation of the published weights; the files above are expected in the "
+         "cgyan/brainimagenet image")
+PY
+)
+echo "converting the published generation ${GENERATION}"
+
+# 2. convert, load back, record
 mkdir -p "$OUT"
-"$PYTHON" - "$SRC" "$OUT" <<'PY'
+"$PYTHON" - "$SRC" "$OUT" "$GENERATION" <<'PY'
 import json
 import shutil
 import sys
@@ -30,33 +58,24 @@ from bids_app._io import sha256_file
 from bids_app.models import load_package
 from bids_app.models.keras_import import import_keras, published_info
 
-src, out = Path(sys.argv[1]), Path(sys.argv[2])
+src, out, gen_id = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 info = published_info()
-chosen = None
-for gen in info["generations"]:  # newest first
-    names = gen["files"]["sex"] + gen["files"]["ad"]
-    present = [n for n in names if (src / n).is_file() and (src / n).stat().st_size > 0]
-    print(f"generation {gen['id']}: {len(present)} of {len(names)} files in {src}")
-    if len(present) == len(names):
-        chosen = gen
-        break
-if chosen is None:
-    sys.exit(f"ERROR: no complete generation of the published weights in {src}; expected one of: "
-             + "; ".join(", ".join(g["files"]["sex"] + g["files"]["ad"]) for g in info["generations"])
-             + f". Found: {sorted(p.name for p in src.iterdir())}")
-
+chosen = next(g for g in info["generations"] if g["id"] == gen_id)
 record = {"generation": chosen["id"], "note": chosen["note"], "packages": {}, "source_sha256": {}}
 for task in ("sex", "ad"):
     files = [src / n for n in chosen["files"][task]]
     for f in files:
         record["source_sha256"][f.name] = sha256_file(f)
-        print(f"  {sha256_file(f)}  {f.name}")
     pkg_dir = import_keras(files, task=task, out_dir=out / f"brainimagenet-{task}")
     pkg = load_package(pkg_dir)  # re-verifies sha256 of every fold and the input spec
     print(f"{pkg.name} {pkg.version}: {pkg.architecture}, {pkg.n_parameters:,} parameters per fold, "
           f"{len(pkg.folds)} fold(s)")
     record["packages"][pkg.name] = {"version": pkg.version, "architecture": pkg.architecture,
                                     "folds": [e["sha256"] for e in pkg.card["folds"]]}
+    for entry in pkg.card["folds"]:
+        print(f"  {entry['file']}  sha256 {entry['sha256']}")
+# sha256sum's format, so `sha256sum -c` works in the source folder
+(out / "SOURCE_SHA256SUMS").write_text("".join(f"{h}  {n}\n" for n, h in record["source_sha256"].items()))
 
 mask = [src / n for n in info["mask"]["files"]]
 if all(f.is_file() for f in mask):

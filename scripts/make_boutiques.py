@@ -90,9 +90,13 @@ def build_descriptor() -> dict[str, Any]:
         "container-image": {"type": "docker", "image": IMAGE, "entrypoint": True},
         "inputs": inputs,
         "output-files": [
-            {"id": "output_dir_out", "name": "output directory",
-             "description": "BIDS-Derivatives dataset: GM maps, predictions, reports, logs",
-             "path-template": "[OUTPUT_DIR]", "optional": False},
+            {
+                "id": "output_dir_out",
+                "name": "output directory",
+                "description": "BIDS-Derivatives dataset: GM maps, predictions, reports, logs",
+                "path-template": "[OUTPUT_DIR]",
+                "optional": False,
+            },
         ],
         "error-codes": [
             {"code": 1, "description": "some T1w images failed for different reasons; the others were written"},

@@ -80,8 +80,9 @@ def test_bosh_validates_the_descriptor_and_the_invocation():
 
 def test_the_command_bosh_builds_parses_back_to_the_invocation():
     bosh = _bosh()
-    res = subprocess.run([bosh, "exec", "simulate", str(DESCRIPTOR), "-i", str(INVOCATION)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [bosh, "exec", "simulate", str(DESCRIPTOR), "-i", str(INVOCATION)], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("vbm-predict "))
     args = build_parser().parse_args(shlex.split(line)[1:])

@@ -72,7 +72,9 @@ def docker():
 
     probe = run("version", "--format", "{{.Server.Version}}", timeout=60)
     if probe.returncode != 0:
-        _unavailable(f"no Docker engine answers ({env.get('DOCKER_HOST', 'default socket')}): {probe.stderr.strip()[:300]}")
+        _unavailable(
+            f"no Docker engine answers ({env.get('DOCKER_HOST', 'default socket')}): {probe.stderr.strip()[:300]}"
+        )
     if run("image", "inspect", IMAGE, timeout=60).returncode != 0:
         _unavailable(f"image {IMAGE} not built (.ci/container.sh start builds it)")
     return run
@@ -132,12 +134,43 @@ def study(docker, tmp_path_factory):
     before = tree_snapshot(bids)
     mounts = [(bids, "/bids", "ro"), (data, "/data", "rw")]
     runs = {}
-    runs["ants"] = _app(docker, ["/bids", "/data/out", "participant", "--participant-label", "001",
-                                 "--preproc", "ants", "--models", "demo", "--nprocs", "2"], mounts=mounts)
+    runs["ants"] = _app(
+        docker,
+        [
+            "/bids",
+            "/data/out",
+            "participant",
+            "--participant-label",
+            "001",
+            "--preproc",
+            "ants",
+            "--models",
+            "demo",
+            "--nprocs",
+            "2",
+        ],
+        mounts=mounts,
+    )
     name = f"vbm-test-{uuid.uuid4().hex[:8]}"
-    runs["derivatives"] = _app(docker, ["/bids", "/data/out", "participant", "--participant-label", "002", "003",
-                                        "--derivatives", "/bids/derivatives/ground-truth", "--models", "demo"],
-                               mounts=mounts, read_only=False, name=name, remove=False)
+    runs["derivatives"] = _app(
+        docker,
+        [
+            "/bids",
+            "/data/out",
+            "participant",
+            "--participant-label",
+            "002",
+            "003",
+            "--derivatives",
+            "/bids/derivatives/ground-truth",
+            "--models",
+            "demo",
+        ],
+        mounts=mounts,
+        read_only=False,
+        name=name,
+        remove=False,
+    )
     diff = docker("diff", name, timeout=60)
     docker("rm", "-f", name, timeout=60)
     runs["group"] = _app(docker, ["/bids", "/data/out", "group"], mounts=mounts)
@@ -221,7 +254,11 @@ def test_help(docker):
 def test_unknown_analysis_level_exits_17(docker, tmp_path):
     bids = tmp_path / "bids"
     bids.mkdir()
-    res = _app(docker, ["/bids", "/data/out", "session"], mounts=[(bids, "/bids", "ro"), (_writable(tmp_path / "d"), "/data", "rw")])
+    res = _app(
+        docker,
+        ["/bids", "/data/out", "session"],
+        mounts=[(bids, "/bids", "ro"), (_writable(tmp_path / "d"), "/data", "rw")],
+    )
     assert res.returncode == 17, _show(res)
     assert "unknown analysis level 'session'" in res.stderr
 
@@ -233,18 +270,34 @@ def test_broken_t1w_exits_65_and_names_the_file(docker, tmp_path):
     t1w = bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
     t1w.write_bytes(gzip.compress(b"not a NIfTI header" * 20))
     data = _writable(tmp_path / "data")
-    res = _app(docker, ["/bids", "/data/out", "participant", "--skip-bids-validation", "--preproc", "ants",
-                        "--models", "demo"], mounts=[(bids, "/bids", "ro"), (data, "/data", "rw")])
+    res = _app(
+        docker,
+        ["/bids", "/data/out", "participant", "--skip-bids-validation", "--preproc", "ants", "--models", "demo"],
+        mounts=[(bids, "/bids", "ro"), (data, "/data", "rw")],
+    )
     assert res.returncode == 65, _show(res)
     failure = json.loads(next((data / "out").glob("sub-01/anat/*_failure.json")).read_text())
     assert "sub-01_T1w.nii.gz" in json.dumps(failure)
 
 
 def test_the_uid_is_unknown_to_the_image_and_home_is_not_writable(docker):
-    res = docker("run", "--rm", "--network", "none", "--read-only", "--user", UID_GID, "-e", "HOME=/home/nobody",
-                 "--entrypoint", "/bin/sh", IMAGE, "-c",
-                 "id -un 2>/dev/null; echo uid=$(id -u); touch $HOME/x 2>/dev/null && echo home-writable || echo home-read-only",
-                 timeout=120)
+    res = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--read-only",
+        "--user",
+        UID_GID,
+        "-e",
+        "HOME=/home/nobody",
+        "--entrypoint",
+        "/bin/sh",
+        IMAGE,
+        "-c",
+        "id -un 2>/dev/null; echo uid=$(id -u); touch $HOME/x 2>/dev/null && echo home-writable || echo home-read-only",
+        timeout=120,
+    )
     assert res.returncode == 0, _show(res)
     assert res.stdout.split() == ["uid=4242", "home-read-only"]
 
@@ -258,8 +311,12 @@ def test_clinica_spm_participant(docker, flavour, tmp_path):
 
     bids = simulate_dataset(tmp_path / "bids", participants=1, sites=1, seed=3)
     data = _writable(tmp_path / "data")
-    res = _app(docker, ["/bids", "/data/out", "participant", "--preproc", "clinica", "--models", "demo"],
-               mounts=[(bids, "/bids", "ro"), (data, "/data", "rw")], timeout=3600)
+    res = _app(
+        docker,
+        ["/bids", "/data/out", "participant", "--preproc", "clinica", "--models", "demo"],
+        mounts=[(bids, "/bids", "ro"), (data, "/data", "rw")],
+        timeout=3600,
+    )
     assert res.returncode == 0, _show(res)
     sidecar = json.loads(next((data / "out").glob("sub-001/anat/*_label-GM_probseg.json")).read_text())
     assert sidecar["PreprocBackend"] == "clinica"

@@ -27,7 +27,9 @@ def test_version_names_the_app_every_package_and_the_tools(monkeypatch, capsys):
 def test_version_reports_spm_and_clinica_when_configured(monkeypatch, capsys, tmp_path):
     spm = tmp_path / "spm25"
     spm.mkdir()
-    (spm / "VERSION.vbm-predict").write_text("SPM 25.01.02 standalone (spm_standalone_25.01.02_Linux.zip), MATLAB Runtime R2024b\n")
+    (spm / "VERSION.vbm-predict").write_text(
+        "SPM 25.01.02 standalone (spm_standalone_25.01.02_Linux.zip), MATLAB Runtime R2024b\n"
+    )
     venv = tmp_path / "clinica-venv"
     (venv / "bin").mkdir(parents=True)
     (venv / "bin" / "python").write_text("")
@@ -41,13 +43,16 @@ def test_version_reports_spm_and_clinica_when_configured(monkeypatch, capsys, tm
     assert "none found" in out
 
 
-@pytest.mark.parametrize("env,files,kind", [
-    ({"APPTAINER_NAME": "vbm-predict.sif"}, (), "apptainer"),
-    ({"SINGULARITY_NAME": "vbm-predict.sif"}, (), "singularity"),
-    ({}, ("/run/.containerenv",), "podman"),
-    ({}, ("/.dockerenv",), "docker"),
-    ({}, (), None),
-])
+@pytest.mark.parametrize(
+    "env,files,kind",
+    [
+        ({"APPTAINER_NAME": "vbm-predict.sif"}, (), "apptainer"),
+        ({"SINGULARITY_NAME": "vbm-predict.sif"}, (), "singularity"),
+        ({}, ("/run/.containerenv",), "podman"),
+        ({}, ("/.dockerenv",), "docker"),
+        ({}, (), None),
+    ],
+)
 def test_container_detection(monkeypatch, env, files, kind):
     for var in ("APPTAINER_NAME", "SINGULARITY_NAME", "APPTAINER_CONTAINER", "SINGULARITY_CONTAINER"):
         monkeypatch.delenv(var, raising=False)

@@ -50,6 +50,7 @@ __all__ = ["KerasImportError", "KerasModel", "read_keras_h5"]
 
 _RESIDUAL_NAME = re.compile(r"^block(35|17|8)_\d+$")
 
+
 def _s(v: Any) -> Any:
     """Decode bytes (Keras 2.2.4 stores attributes and names as bytes) recursively."""
     if isinstance(v, (bytes, np.bytes_)):
@@ -103,6 +104,7 @@ def _inbound(path: Path, layer: Mapping[str, Any]) -> list[str]:
     node = nodes[0]
     refs: list[tuple[str, int, int]] = []
     if isinstance(node, Mapping):  # Keras 3
+
         def walk(obj: Any) -> None:
             if isinstance(obj, Mapping):
                 if obj.get("class_name") == "__keras_tensor__":
@@ -114,6 +116,7 @@ def _inbound(path: Path, layer: Mapping[str, Any]) -> list[str]:
             elif isinstance(obj, (list, tuple)):
                 for v in obj:
                     walk(v)
+
         walk(node.get("args", []))
         for k, v in (node.get("kwargs") or {}).items():
             if k == "training" or (k == "mask" and v is None):
@@ -128,7 +131,10 @@ def _inbound(path: Path, layer: Mapping[str, Any]) -> list[str]:
                 raise KerasImportError(f"{path}: layer {name!r} is called with unsupported arguments {ref[3]!r}")
     for src, node_index, tensor_index in refs:
         if node_index != 0 or tensor_index != 0:
-            raise KerasImportError(f"{path}: layer {name!r} reads output {node_index}/{tensor_index} of {src!r}; only single-call layers are supported")
+            raise KerasImportError(
+                f"{path}: layer {name!r} reads output {node_index}/{tensor_index} of {src!r}; "
+                "only single-call layers are supported"
+            )
     return [r[0] for r in refs]
 
 
@@ -151,7 +157,9 @@ def _activation(path: Path, name: str, act: Any) -> str:
         act = act.get("config", {}).get("name", act.get("class_name"))
     act = "linear" if act in (None, "linear") else act
     if act not in ACTIVATIONS:
-        raise KerasImportError(f"{path}: layer {name!r}: activation {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        raise KerasImportError(
+            f"{path}: layer {name!r}: activation {act!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
+        )
     return str(act)
 
 
@@ -168,7 +176,9 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
     if cls == "InputLayer":
         shape = cfg.get("batch_input_shape") or cfg.get("batch_shape")
         if not shape or len(shape) != 5 or any(s is None for s in shape[1:]):
-            raise KerasImportError(f"{path}: input {name!r} has shape {shape!r}; a fixed N x D x H x W x C input is required")
+            raise KerasImportError(
+                f"{path}: input {name!r} has shape {shape!r}; a fixed N x D x H x W x C input is required"
+            )
         if cfg.get("sparse") or cfg.get("ragged"):
             raise KerasImportError(f"{path}: input {name!r} is sparse/ragged, which is not supported")
         d, h, w, c = (int(s) for s in shape[1:])
@@ -176,7 +186,9 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
     if cls == "Conv3D":
         _channels_last(path, name, cfg)
         if int(cfg.get("groups", 1) or 1) != 1:
-            raise KerasImportError(f"{path}: layer {name!r}: grouped convolution (groups={cfg.get('groups')}) is not supported")
+            raise KerasImportError(
+                f"{path}: layer {name!r}: grouped convolution (groups={cfg.get('groups')}) is not supported"
+            )
         padding = cfg.get("padding")
         if padding not in ("valid", "same"):
             raise KerasImportError(f"{path}: layer {name!r}: padding {padding!r} is not supported")
@@ -184,20 +196,39 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
         dil = _triple(path, name, cfg.get("dilation_rate", 1), "dilation_rate")
         if any(s != 1 for s in strides) and any(d != 1 for d in dil):
             raise KerasImportError(f"{path}: layer {name!r}: strides and dilation together are not supported")
-        return Node(name, "conv3d", tuple(inputs), {
-            "filters": int(cfg["filters"]), "kernel_size": _triple(path, name, cfg["kernel_size"], "kernel_size"),
-            "strides": strides, "padding": padding, "dilation_rate": dil,
-            "use_bias": bool(cfg.get("use_bias", True)), "activation": _activation(path, name, cfg.get("activation")),
-        })
+        return Node(
+            name,
+            "conv3d",
+            tuple(inputs),
+            {
+                "filters": int(cfg["filters"]),
+                "kernel_size": _triple(path, name, cfg["kernel_size"], "kernel_size"),
+                "strides": strides,
+                "padding": padding,
+                "dilation_rate": dil,
+                "use_bias": bool(cfg.get("use_bias", True)),
+                "activation": _activation(path, name, cfg.get("activation")),
+            },
+        )
     if cls == "BatchNormalization":
         if not _axis_is_channels(cfg.get("axis", -1)):
-            raise KerasImportError(f"{path}: layer {name!r}: BatchNormalization over axis {cfg.get('axis')!r}; only the channel axis is supported")
+            raise KerasImportError(
+                f"{path}: layer {name!r}: BatchNormalization over axis {cfg.get('axis')!r}; "
+                "only the channel axis is supported"
+            )
         if cfg.get("renorm") or cfg.get("synchronized") not in (None, False):
             raise KerasImportError(f"{path}: layer {name!r}: batch renormalization / synchronized BN is not supported")
-        return Node(name, "batchnorm", tuple(inputs), {
-            "epsilon": float(cfg.get("epsilon", 1e-3)), "momentum": float(cfg.get("momentum", 0.99)),
-            "center": bool(cfg.get("center", True)), "scale": bool(cfg.get("scale", True)),
-        })
+        return Node(
+            name,
+            "batchnorm",
+            tuple(inputs),
+            {
+                "epsilon": float(cfg.get("epsilon", 1e-3)),
+                "momentum": float(cfg.get("momentum", 0.99)),
+                "center": bool(cfg.get("center", True)),
+                "scale": bool(cfg.get("scale", True)),
+            },
+        )
     if cls == "Activation":
         return Node(name, "activation", tuple(inputs), {"activation": _activation(path, name, cfg.get("activation"))})
     if cls in ("MaxPooling3D", "AveragePooling3D"):
@@ -208,10 +239,18 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
         if padding not in ("valid", "same"):
             raise KerasImportError(f"{path}: layer {name!r}: padding {padding!r} is not supported")
         op = "maxpool3d" if cls == "MaxPooling3D" else "avgpool3d"
-        return Node(name, op, tuple(inputs), {"pool_size": pool, "strides": _triple(path, name, strides, "strides"), "padding": padding})
+        return Node(
+            name,
+            op,
+            tuple(inputs),
+            {"pool_size": pool, "strides": _triple(path, name, strides, "strides"), "padding": padding},
+        )
     if cls == "Concatenate":
         if not _axis_is_channels(cfg.get("axis", -1)):
-            raise KerasImportError(f"{path}: layer {name!r}: concatenation along axis {cfg.get('axis')!r}; only the channel axis is supported")
+            raise KerasImportError(
+                f"{path}: layer {name!r}: concatenation along axis {cfg.get('axis')!r}; "
+                "only the channel axis is supported"
+            )
         return Node(name, "concat", tuple(inputs), {"axis": -1})
     if cls == "Add":
         return Node(name, "add", tuple(inputs), {})
@@ -231,8 +270,10 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
             raise KerasImportError(
                 f"{path}: Lambda layer {name!r} is not the reference residual Lambda (two inputs, "
                 f"arguments {{'scale': number}}, name block35_/block17_/block8_<n>); got arguments {args!r} and "
-                f"{len(inputs)} input(s). Lambda code in a model file is never executed, so other Lambdas cannot be imported."
+                f"{len(inputs)} input(s). Lambda code in a model file is never executed, "
+                "so other Lambdas cannot be imported."
             )
+        assert isinstance(scale, (int, float))  # checked above; tells the type checker
         return Node(name, "residual", tuple(inputs), {"scale": float(scale)})
     if cls == "GlobalAveragePooling3D":
         _channels_last(path, name, cfg)
@@ -245,10 +286,16 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
         _channels_last(path, name, cfg)
         return Node(name, "flatten", tuple(inputs), {})
     if cls == "Dense":
-        return Node(name, "dense", tuple(inputs), {
-            "units": int(cfg["units"]), "use_bias": bool(cfg.get("use_bias", True)),
-            "activation": _activation(path, name, cfg.get("activation")),
-        })
+        return Node(
+            name,
+            "dense",
+            tuple(inputs),
+            {
+                "units": int(cfg["units"]),
+                "use_bias": bool(cfg.get("use_bias", True)),
+                "activation": _activation(path, name, cfg.get("activation")),
+            },
+        )
     if cls in ("Model", "Functional", "Sequential"):
         raise KerasImportError(f"{path}: layer {name!r} is a nested model ({cls}); flatten it before saving")
     raise KerasImportError(
@@ -279,7 +326,11 @@ def _parse_config(path: Path, config: Mapping[str, Any]) -> list[Node]:
             lcfg = layer.get("config", {})
             if not nodes and layer.get("class_name") != "InputLayer":
                 shape = lcfg.get("batch_input_shape") or lcfg.get("batch_shape")
-                nodes.append(_layer_to_node(path, {"class_name": "InputLayer", "config": {"batch_input_shape": shape}, "name": "input"}, []))
+                nodes.append(
+                    _layer_to_node(
+                        path, {"class_name": "InputLayer", "config": {"batch_input_shape": shape}, "name": "input"}, []
+                    )
+                )
                 prev = ["input"]
             named = dict(layer)
             named.setdefault("name", lcfg.get("name"))
@@ -288,11 +339,15 @@ def _parse_config(path: Path, config: Mapping[str, Any]) -> list[Node]:
             prev = [node.name]
         return nodes
     if cls not in ("Model", "Functional"):
-        raise KerasImportError(f"{path}: model class {cls!r} is not supported (expected Model, Functional or Sequential)")
+        raise KerasImportError(
+            f"{path}: model class {cls!r} is not supported (expected Model, Functional or Sequential)"
+        )
     inputs = _refs(body.get("input_layers"))
     outputs = _refs(body.get("output_layers"))
     if len(inputs) != 1 or len(outputs) != 1:
-        raise KerasImportError(f"{path}: the model must have one input and one output; it has inputs {inputs} and outputs {outputs}")
+        raise KerasImportError(
+            f"{path}: the model must have one input and one output; it has inputs {inputs} and outputs {outputs}"
+        )
     by_name: dict[str, Node] = {}
     for layer in body.get("layers", []):
         name = layer.get("name") or layer.get("config", {}).get("name")
@@ -343,7 +398,9 @@ def _weight_key(wname: str) -> str:
     return wname.split("/")[-1].split(":")[0]
 
 
-def _read_weights(path: Path, f: Any, nodes: Sequence[Node], shapes: Mapping[str, tuple[int, ...]]) -> tuple[dict[str, torch.Tensor], int]:
+def _read_weights(
+    path: Path, f: Any, nodes: Sequence[Node], shapes: Mapping[str, tuple[int, ...]]
+) -> tuple[dict[str, torch.Tensor], int]:
     import h5py
 
     if "model_weights" not in f:
@@ -359,15 +416,19 @@ def _read_weights(path: Path, f: Any, nodes: Sequence[Node], shapes: Mapping[str
         g = mw[lname]
         wnames = [str(w) for w in _s(g.attrs.get("weight_names", []))]
         datasets: list[str] = []
-        g.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+        g.visititems(lambda n, o, found=datasets: found.append(n) if isinstance(o, h5py.Dataset) else None)
         unlisted = sorted(set(datasets) - set(wnames))
         if unlisted:
-            raise KerasImportError(f"{path}: layer {lname!r} stores arrays {unlisted} that its weight_names do not list")
+            raise KerasImportError(
+                f"{path}: layer {lname!r} stores arrays {unlisted} that its weight_names do not list"
+            )
         if not wnames:
             continue
         node = node_by_name.get(lname)
         if node is None:
-            raise KerasImportError(f"{path}: weights of layer {lname!r} ({wnames}) belong to no layer of the model graph")
+            raise KerasImportError(
+                f"{path}: weights of layer {lname!r} ({wnames}) belong to no layer of the model graph"
+            )
         arrays = {}
         for w in wnames:
             if w not in g:
@@ -379,7 +440,9 @@ def _read_weights(path: Path, f: Any, nodes: Sequence[Node], shapes: Mapping[str
     for node in nodes:
         for key in _expected_keys(node):
             if key not in state:
-                raise KerasImportError(f"{path}: layer {node.name!r} has no stored weight for {key.rsplit('.', 1)[1]} (missing weight)")
+                raise KerasImportError(
+                    f"{path}: layer {node.name!r} has no stored weight for {key.rsplit('.', 1)[1]} (missing weight)"
+                )
     return state, n_arrays
 
 
@@ -398,7 +461,9 @@ def _expected_keys(node: Node) -> list[str]:
     return []
 
 
-def _convert_layer(path: Path, node: Node, arrays: dict[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+def _convert_layer(
+    path: Path, node: Node, arrays: dict[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
     p = f"layers.{node.name}."
     c = node.config
     out: dict[str, torch.Tensor] = {}
@@ -408,7 +473,9 @@ def _convert_layer(path: Path, node: Node, arrays: dict[str, np.ndarray], shapes
             raise KerasImportError(f"{path}: layer {node.name!r}: missing weight {key!r} (stored: {sorted(arrays)})")
         a = arrays.pop(key)
         if tuple(a.shape) != tuple(expected):
-            raise KerasImportError(f"{path}: layer {node.name!r}: weight {key!r} has shape {a.shape}, expected {tuple(expected)}")
+            raise KerasImportError(
+                f"{path}: layer {node.name!r}: weight {key!r} has shape {a.shape}, expected {tuple(expected)}"
+            )
         if not np.isfinite(a).all():
             raise KerasImportError(f"{path}: layer {node.name!r}: weight {key!r} holds NaN or infinite values")
         return a
@@ -476,6 +543,13 @@ def read_keras_h5(path: Path) -> KerasModel:
         backend = str(_s(f.attrs.get("backend", f["model_weights"].attrs.get("backend", "unknown"))))
     name = str(config.get("config", {}).get("name", "")) if isinstance(config.get("config"), Mapping) else ""
     return KerasModel(
-        path=path, nodes=nodes, input_shape=input_shape, state_dict=state, keras_version=keras_version,
-        backend=backend, sha256=sha256_file(path), model_name=name, n_weights=n_arrays,
+        path=path,
+        nodes=nodes,
+        input_shape=input_shape,
+        state_dict=state,
+        keras_version=keras_version,
+        backend=backend,
+        sha256=sha256_file(path),
+        model_name=name,
+        n_weights=n_arrays,
     )

@@ -72,17 +72,23 @@ def published_card(task: str) -> dict[str, Any]:
     info = published_info()
     facts = info["tasks"][task]
     metrics = [
-        {"name": m["name"], "value": m["value"],
-         "source": info["source"] + (f" ({m['where']})" if m.get("where") else "")}
+        {
+            "name": m["name"],
+            "value": m["value"],
+            "source": info["source"] + (f" ({m['where']})" if m.get("where") else ""),
+        }
         for m in facts["metrics"]
     ]
     return {
-        "training": {"data": facts["data"], "synthetic": False, "preprocessing": list(info["training"]["preprocessing"]),
-                     "note": info["training"]["note"]},
+        "training": {
+            "data": facts["data"],
+            "synthetic": False,
+            "preprocessing": list(info["training"]["preprocessing"]),
+            "note": info["training"]["note"],
+        },
         "metrics": metrics,
         "licence": info["licence"],
     }
-
 
 
 def import_keras(
@@ -124,17 +130,25 @@ def import_keras(
         arch_name, params, _ = ident
         architecture: dict[str, Any] = {"name": arch_name, "params": params}
     else:
-        architecture = {"name": "keras_graph", "params": {"input_shape": list(first.input_shape), "graph": [n.to_dict() for n in first.nodes]}}
+        architecture = {
+            "name": "keras_graph",
+            "params": {"input_shape": list(first.input_shape), "graph": [n.to_dict() for n in first.nodes]},
+        }
     for m in models:
         if ident is not None:
             again = identify_architecture(m, task)
             if again is None or again[0] != ident[0] or again[1] != ident[1]:
-                raise KerasImportError(f"{m.path}: the network differs from {first.path}'s ({ident[0]} {ident[1]}); all folds must be the same network")
+                raise KerasImportError(
+                    f"{m.path}: the network differs from {first.path}'s ({ident[0]} {ident[1]}); "
+                    "all folds must be the same network"
+                )
             states.append(renamed_state(m.state_dict, again[2]))
         else:
             rename = match_graphs(first.nodes, m.nodes)
             if rename is None:
-                raise KerasImportError(f"{m.path}: the network differs from {first.path}'s; all folds must be the same network")
+                raise KerasImportError(
+                    f"{m.path}: the network differs from {first.path}'s; all folds must be the same network"
+                )
             states.append(renamed_state(m.state_dict, rename))
     generation = published_generation(task, [p.name for p in files])
     published = generation is not None
@@ -145,20 +159,33 @@ def import_keras(
         "version": version or (generation["versions"][task] if generation else "0.0.0"),
         "architecture": architecture,
         "input": input_spec(mask="brain mask (reference: Reslice_BrainMask_05; here bids_app.grid.brain_mask)"),
-        "output": {"meaning": f"sigmoid score; 1 = {pos}, 0 = {neg}", "activation": "sigmoid", "positive_label": pos, "negative_label": neg},
+        "output": {
+            "meaning": f"sigmoid score; 1 = {pos}, 0 = {neg}",
+            "activation": "sigmoid",
+            "positive_label": pos,
+            "negative_label": neg,
+        },
         "thresholds": {"default": 0.5, **({"screening": 0.3} if task == "ad" else {})},
     }
     if published:
         card.update(published_card(task))
     else:
-        card.update({
-            "training": {"data": data_description or f"unknown (imported from {', '.join(p.name for p in files)})",
-                         "synthetic": bool(synthetic), "preprocessing": list(preprocessing or [])},
-            "metrics": [],
-            "licence": "unknown: check the terms of the source files",
-        })
+        card.update(
+            {
+                "training": {
+                    "data": data_description or f"unknown (imported from {', '.join(p.name for p in files)})",
+                    "synthetic": bool(synthetic),
+                    "preprocessing": list(preprocessing or []),
+                },
+                "metrics": [],
+                "licence": "unknown: check the terms of the source files",
+            }
+        )
     card["provenance"] = {
-        "imported_from": [{"file": m.path.name, "sha256": m.sha256, "keras_version": m.keras_version, "backend": m.backend} for m in models],
+        "imported_from": [
+            {"file": m.path.name, "sha256": m.sha256, "keras_version": m.keras_version, "backend": m.backend}
+            for m in models
+        ],
         "importer": "bids_app.models.keras_import (h5py; no Keras code executed)",
     }
     if generation is not None:

@@ -77,7 +77,7 @@ def match_graphs(reference: Sequence[Node], other: Sequence[Node]) -> dict[str, 
     pos_a = {n.name: i for i, n in enumerate(a)}
     pos_b = {n.name: i for i, n in enumerate(b)}
     mapping: dict[str, str] = {}
-    for na, nb in zip(a, b):
+    for na, nb in zip(a, b, strict=True):
         if _signature(na) != _signature(nb):
             return None
         if [pos_a[s] for s in na.inputs] != [pos_b[s] for s in nb.inputs]:
@@ -86,7 +86,9 @@ def match_graphs(reference: Sequence[Node], other: Sequence[Node]) -> dict[str, 
     return mapping
 
 
-def identify_architecture(model: KerasModel, task: str | None = None) -> tuple[str, dict[str, Any], dict[str, str]] | None:
+def identify_architecture(
+    model: KerasModel, task: str | None = None
+) -> tuple[str, dict[str, Any], dict[str, str]] | None:
     """Which of our architectures (with which parameters) an imported graph is, or None.
 
     The sex network and the intact AD network are the same graph; ``task`` ("sex" or "ad")
@@ -101,7 +103,10 @@ def identify_architecture(model: KerasModel, task: str | None = None) -> tuple[s
     if not convs or nodes[0].op != "input":
         return None
     width = int(convs[0].config["filters"]) / 64.0
-    counts = {t: sum(1 for n in nodes if n.op == "residual" and re.match(rf"^block{t}_\d+$", n.name)) for t in ("35", "17", "8")}
+    counts = {
+        t: sum(1 for n in nodes if n.op == "residual" and re.match(rf"^block{t}_\d+$", n.name))
+        for t in ("35", "17", "8")
+    }
     drop = [n for n in nodes if n.op == "dropout"]
     rate = float(drop[0].config["rate"]) if drop else 0.5
     in_channels = int(model.input_shape[0])
