@@ -320,3 +320,10 @@ def test_clinica_spm_participant(docker, flavour, tmp_path):
     assert res.returncode == 0, _show(res)
     sidecar = json.loads(next((data / "out").glob("sub-001/anat/*_label-GM_probseg.json")).read_text())
     assert sidecar["PreprocBackend"] == "clinica"
+
+
+def test_read_only_without_a_tmpfs_says_what_is_missing(docker):
+    res = docker("run", "--rm", "--network", "none", "--read-only", "--user", UID_GID, IMAGE, "--version", timeout=120)
+    assert res.returncode == 73, _show(res)
+    assert "no writable temporary directory" in res.stderr and "--tmpfs /tmp" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from typing import Sequence
 
-from ..errors import EXIT_UNKNOWN_LEVEL, EXIT_USAGE, VBMPredictError
+from ..errors import EXIT_CANT_CREATE, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, VBMPredictError
 from .parser import ANALYSIS_LEVELS, build_parser
 
 __all__ = ["main", "SUBCOMMANDS"]
@@ -119,7 +119,12 @@ def _run_bids_app(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    setup_environment()
+    try:
+        setup_environment()
+    except OSError as exc:  # e.g. `docker run --read-only` without `--tmpfs /tmp`
+        print(f"vbm-predict: error: no writable temporary directory ({exc}); give the container one "
+              "(docker run --tmpfs /tmp) or set TMPDIR to a writable folder", file=sys.stderr)
+        return EXIT_CANT_CREATE
     try:
         if argv and argv[0] in SUBCOMMANDS:
             return _run_subcommand(argv)
