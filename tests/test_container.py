@@ -7,8 +7,9 @@ engine or image is a failure; elsewhere these tests skip and say why.
 
 Every run uses ``--network none --user 4242:4242`` (a uid that the image does not know) with
 ``HOME`` pointing at a folder that does not exist, and the input mounted read-only; most runs also
-use ``--read-only --tmpfs /tmp``, the way Apptainer runs an image. The runs that are not read-only
-are checked with ``docker diff``: nothing may be written outside the mounted output and work dirs.
+use ``--read-only``, the way Apptainer runs an image; all get a private ``--tmpfs /tmp``. The run
+that is not read-only is checked with ``docker diff``: nothing may be written outside the mounted
+output and work dirs and that ``/tmp``.
 The output and work dirs live in one writable mount (``/data``), so the participant level works
 with the work dir's default location (a sibling of the output dir before the default moved to
 ``<output_dir>/.work/``, inside it after). Apptainer itself is not packaged for this machine; these
@@ -91,9 +92,9 @@ def flavour(docker) -> dict[str, bool]:
 
 def _app(docker, args, *, mounts, read_only=True, name=None, timeout=1800, remove=True):
     """``docker run`` of the image's entrypoint with the user-like restrictions described above."""
-    cmd = ["run", "--network", "none", "--user", UID_GID, "-e", "HOME=/home/nobody"]
+    cmd = ["run", "--network", "none", "--user", UID_GID, "-e", "HOME=/home/nobody", "--tmpfs", "/tmp"]
     if read_only:
-        cmd += ["--read-only", "--tmpfs", "/tmp"]
+        cmd.append("--read-only")
     if remove:
         cmd.append("--rm")
     if name:
@@ -128,7 +129,7 @@ def study(docker, tmp_path_factory):
     from .conftest import tree_snapshot
 
     root = tmp_path_factory.mktemp("container")
-    bids = simulate_dataset(root / "bids", participants=3, sites=1, seed=7)
+    bids = simulate_dataset(root / "bids", participants=3, sites=1, seed=7, nprocs=2)
     os.chmod(root, 0o755)
     data = _writable(root / "data")
     before = tree_snapshot(bids)
