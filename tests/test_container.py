@@ -117,7 +117,7 @@ def _output_files(out: Path) -> list[str]:
         if rel.parts[0] in WORK_DIRS or p.is_dir():
             continue
         files.append(rel.as_posix())
-    return files
+    return sorted(files)
 
 
 @pytest.fixture(scope="module")
