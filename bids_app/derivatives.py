@@ -29,7 +29,7 @@ import pandas as pd
 from . import RESEARCH_USE_NOTICE, __version__
 from ._io import atomic_path, safe_join, write_json, write_text
 from .errors import OutputError, UsageError
-from .grid import MASK_PROVENANCE, SPM_AFFINE, SPM_SHAPE
+from .grid import SPM_AFFINE, SPM_SHAPE, model_input_mask
 from .types import GMMaps, QCResult, T1wUnit
 
 __all__ = [
@@ -122,6 +122,13 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
             "validated conditions; see 'warnings'."
         )
     },
+    "model_input_mask": {
+        "Description": "Brain mask applied to the maps before the model (sidecars' ModelInputMask has its details).",
+        "Levels": {
+            "published": "the BrainImageNet authors' prediction mask (Reslice_BrainMask_05_91x109x91)",
+            "derived": "the documented equivalent derived from nilearn's MNI152 brain mask (> 0.5)",
+        },
+    },
     "warnings": {"Description": "Reasons the prediction may not be valid, joined by ';'; n/a when none."},
     "notice": {"Description": "Research-use-only notice."},
 }
@@ -131,7 +138,7 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
 _TEXT_PREDICTION_COLUMNS = (
     "participant_id", "session_id", "run_id", "source_file", "target", "model_name", "model_version",
     "model_sha256", "predicted_label", "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
-    "warnings", "notice",
+    "model_input_mask", "warnings", "notice",
 )
 
 
@@ -408,6 +415,7 @@ def prediction_rows(
                 "qc_gmv_template_correlation": qc.metrics.get("gmv_template_correlation"),
                 "preproc_backend": maps.backend,
                 "preproc_backend_version": maps.backend_version,
+                "model_input_mask": model_input_mask()[1]["Mask"],
                 "validated_input": backend_ok and qc.passed and not package.trained_on_synthetic,
                 "warnings": "; ".join(warnings) or None,
                 "notice": RESEARCH_USE_NOTICE,
@@ -437,7 +445,7 @@ def map_sidecar(unit: T1wUnit, bids_dir: Path, maps: GMMaps, qc: QCResult, kind:
         "Provenance": dict(maps.provenance),
         "QC": {"Metrics": dict(qc.metrics), "Flags": list(qc.flags), "Thresholds": dict(qc.thresholds),
                "Passed": qc.passed},
-        "ModelInputMask": MASK_PROVENANCE,
+        "ModelInputMask": model_input_mask()[1],
         "GeneratedBy": f"vbm-predict {__version__}",
     }
     if inputs is not None:

@@ -27,6 +27,7 @@ __all__ = [
     "OutputError",
     "BackendUnavailableError",
     "ModelPackageError",
+    "KerasImportError",
     "PreprocessingError",
 ]
 
@@ -94,6 +95,10 @@ class ModelPackageError(VBMPredictError, ValueError):
     """A model package is malformed, tampered with, or does not match the app's input spec."""
 
     exit_code = EXIT_DATA
+
+
+class KerasImportError(ModelPackageError):
+    """A Keras H5 file cannot be imported (unsupported layer or option, missing or extra weights...)."""
 
 
 class PreprocessingError(VBMPredictError, RuntimeError):

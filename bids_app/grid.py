@@ -14,12 +14,19 @@ shipped with nilearn, resampled (trilinear) onto the SPM grid:
 * grey mask = voxels where the MNI152 GM probability > 0.2 (threshold 0.2 after the file name).
 
 Outputs record which masks were used (:data:`MASK_PROVENANCE`).
+
+The authors' prediction mask itself (``Reslice_BrainMask_05_91x109x91.img/.hdr``) sits beside their
+weights in the ``cgyan/brainimagenet`` image; a container build that finds it copies it into the image
+and names it in ``$VBM_PREDICT_BRAIN_MASK``. When that file exists, :func:`model_input_mask` returns it
+(and says so) instead of the derived brain mask.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -32,6 +39,8 @@ __all__ = [
     "MODEL_INPUT_SHAPE",
     "CHANNELS",
     "MASK_PROVENANCE",
+    "BRAIN_MASK_ENV",
+    "model_input_mask",
     "is_on_grid",
     "to_grid",
     "brain_mask",
@@ -65,6 +74,56 @@ MASK_PROVENANCE = {
     "GreyMask": "nilearn MNI152 (2009) GM probability, trilinear to the SPM 1.5 mm grid, > 0.2",
     "Note": "The reference system's mask files are not public; these are documented equivalents.",
 }
+
+
+#: Environment variable naming the authors' brain mask file (set in the container image).
+BRAIN_MASK_ENV = "VBM_PREDICT_BRAIN_MASK"
+
+
+def model_input_mask() -> tuple[np.ndarray, dict[str, Any]]:
+    """The brain mask applied before the models, and what it is (for sidecars and predictions).
+
+    The authors' mask when ``$VBM_PREDICT_BRAIN_MASK`` names an existing file, else the derived
+    :func:`brain_mask`. Raises ``ValueError`` when the named file is not a 3D mask that fits the grid.
+    """
+    path = os.environ.get(BRAIN_MASK_ENV, "")
+    if path and Path(path).is_file():
+        return _published_mask(str(Path(path).resolve()))
+    provenance: dict[str, Any] = {"Mask": "derived", **MASK_PROVENANCE}
+    if path:
+        provenance["Note"] += f" ${BRAIN_MASK_ENV} names {path}, which does not exist."
+    return brain_mask(), provenance
+
+
+@functools.lru_cache(maxsize=2)
+def _published_mask(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+    from ._io import sha256_file
+
+    img = nib.load(path)
+    if not isinstance(img, nib.spatialimages.SpatialImage):
+        raise ValueError(f"{path}: not an image nibabel can place on a grid")
+    if tuple(img.shape[:3]) == SPM_SHAPE and len(img.shape) == 3:
+        # on the model grid already: used voxel for voxel, as the authors' script multiplies the arrays
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        how = "used voxel for voxel (already on the SPM 1.5 mm grid)"
+    else:
+        data = to_grid(img, interpolation="nearest")
+        how = f"resampled (nearest neighbour) from {tuple(img.shape)} to the SPM 1.5 mm grid"
+    mask = np.nan_to_num(data) > 0.5
+    if not mask.any():
+        raise ValueError(f"{path}: the brain mask is empty on the model grid")
+    mask.setflags(write=False)
+    source = Path(path)
+    files = [source]
+    if source.suffix == ".hdr" and source.with_suffix(".img").is_file():  # Analyze: header + image file
+        files.append(source.with_suffix(".img"))
+    provenance = {
+        "Mask": "published",
+        "BrainMask": f"{source.stem} (the BrainImageNet authors' prediction mask), {how}, > 0.5",
+        "Files": {f.name: sha256_file(f) for f in files},
+        "Voxels": int(mask.sum()),
+    }
+    return mask, provenance
 
 
 def is_on_grid(img: nib.spatialimages.SpatialImage, atol: float = 1e-3) -> bool:

@@ -33,7 +33,7 @@ from .derivatives import (
     write_predictions,
 )
 from .errors import InputDataError, NoInputError
-from .grid import SPM_AFFINE, make_model_input
+from .grid import SPM_AFFINE, make_model_input, model_input_mask
 from .types import GMMaps, PreprocBackend, QCResult, T1wUnit, reuses_existing_maps
 
 __all__ = [
@@ -306,7 +306,8 @@ def process_unit(
         )
 
     result.step = "models"
-    x = make_model_input(maps.gmd, maps.gmv)[None]
+    mask, _ = model_input_mask()
+    x = make_model_input(maps.gmd, maps.gmv, mask=mask)[None]
     scored = []
     for package in packages:
         _log.info("%s: scoring with %s (%s, %d fold(s))", unit.prefix, package.name, package.task, len(package.sha256))

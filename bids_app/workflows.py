@@ -418,10 +418,21 @@ def _run_participant_level(
 
 
 def _container_info() -> dict[str, str] | None:
-    if os.path.exists("/.dockerenv") or os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER"):
-        kind = "apptainer" if (os.environ.get("APPTAINER_CONTAINER") or os.environ.get("SINGULARITY_CONTAINER")) else "docker"
-        return {"Type": kind, "Tag": os.environ.get("VBM_PREDICT_IMAGE", f"vbm-predict:{__version__}")}
-    return None
+    """What container this runs in, for ``GeneratedBy.Container``: Docker (``/.dockerenv``), Podman
+    (``/run/.containerenv``) or Apptainer/Singularity (``APPTAINER_NAME`` / ``SINGULARITY_NAME``, also
+    the older ``*_CONTAINER``); None outside a container."""
+    env = os.environ
+    apptainer = env.get("APPTAINER_NAME") or env.get("SINGULARITY_NAME") or env.get("APPTAINER_CONTAINER") \
+        or env.get("SINGULARITY_CONTAINER")
+    if apptainer:
+        kind = "apptainer" if (env.get("APPTAINER_NAME") or env.get("APPTAINER_CONTAINER")) else "singularity"
+    elif os.path.exists("/run/.containerenv"):
+        kind = "podman"
+    elif os.path.exists("/.dockerenv"):
+        kind = "docker"
+    else:
+        return None
+    return {"Type": kind, "Tag": env.get("VBM_PREDICT_IMAGE", f"vbm-predict:{__version__}")}
 
 
 def run_group_level(bids_dir: Path, output_dir: Path) -> Any:

@@ -336,3 +336,100 @@ def test_full_size_ad_ensemble_in_keras_224_layout_matches_tf_keras(tmp_path):
     assert np.abs(got.fold_scores - ref).max() < 1e-5
     assert np.abs(got.mean - ref.mean(axis=1)).max() < 1e-5
     assert np.abs(predict(pkg, x).mean - ref.mean(axis=1)).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_full_size_2021_simplified_ad_network_matches_tf_keras(tmp_path):
+    """The AD generation the authors' script loads since 2021 (sex stem up to StemEnd + conv/pool head),
+    built in tf-keras at full size under its published name: imported, recognised, and scored alike."""
+    keras = _tfk()
+    x = gm_like_inputs(1, seed=13)
+    m = build_keras(keras, "irv2_ad_optimised", seed=300)
+    randomise_bn(m, seed=301)
+    assert m.count_params() == 10_166_049
+    p = tmp_path / "20210106_0_Phase4_Trans_AD_IncepResN_lr0003_Lfso_Fold0.h5"
+    m.save(p)
+    ref = _keras_scores(m, np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
+    del m
+    keras.backend.clear_session()
+    pkg_dir = import_keras([p], task="ad", out_dir=tmp_path / "pkg")
+    card = json.loads((pkg_dir / "model.json").read_text())
+    assert card["provenance"]["generation"]["id"] == "2021"
+    pkg = load_package(pkg_dir)
+    assert (pkg.name, pkg.version, pkg.architecture) == ("brainimagenet-ad", "2021.01.06", "irv2_ad_optimised")
+    got = predict(pkg, x, precision="fp32").fold_scores[:, 0]
+    assert np.abs(got - ref).max() < 1e-5
+
+
+def _published_names(generation: str) -> dict[str, list[str]]:
+    from bids_app.models.keras_import import published_info
+
+    return next(g["files"] for g in published_info()["generations"] if g["id"] == generation)
+
+
+def test_convert_weights_takes_the_newest_complete_generation_and_the_mask(tmp_path):
+    """docker/convert_weights.sh on a source folder laid out like the authors' image (small networks
+    under the published names): the 2021 AD folds win over a complete 2020 set, the conversion record
+    names the generation, the mask is kept, and the model input then uses that mask."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+
+    from bids_app import grid
+
+    keras = _tfk()
+    src = tmp_path / "tf"
+    src.mkdir()
+    sex = build_keras(keras, "irv2_sex", width=0.125, blocks=(1, 1, 2), seed=1)
+    sex.save(src / _published_names("2021")["sex"][0])
+    ad = build_keras(keras, "irv2_ad_optimised", width=0.125, seed=2)
+    for gen in ("2021", "2020"):
+        for name in _published_names(gen)["ad"]:
+            ad.save(src / name)
+    keras.backend.clear_session()
+    # the mask as an Analyze pair on the model grid, smaller than the derived one
+    mask = np.zeros(grid.SPM_SHAPE, dtype=np.uint8)
+    mask[20:100, 20:125, 20:100] = 1
+    nib.save(nib.AnalyzeImage(mask, grid.SPM_AFFINE), src / "Reslice_BrainMask_05_91x109x91.img")
+    out = tmp_path / "models"
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(repo)}
+    res = subprocess.run(["bash", str(repo / "docker" / "convert_weights.sh"), str(src), str(out)],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    record = json.loads((out / "CONVERSION.json").read_text())
+    assert record["generation"] == "2021"
+    assert sorted(record["source_sha256"]) == sorted(_published_names("2021")["sex"] + _published_names("2021")["ad"])
+    assert set(record["mask"]) == {"Reslice_BrainMask_05_91x109x91.hdr", "Reslice_BrainMask_05_91x109x91.img"}
+    ad_pkg = load_package(out / "brainimagenet-ad")
+    assert (ad_pkg.version, len(ad_pkg.folds)) == ("2021.01.06", 5)
+    assert load_package(out / "brainimagenet-sex").version == "2020.04.27"
+
+    os.environ[grid.BRAIN_MASK_ENV] = str(out / "brain_mask" / "Reslice_BrainMask_05_91x109x91.hdr")
+    try:
+        used, provenance = grid.model_input_mask()
+    finally:
+        del os.environ[grid.BRAIN_MASK_ENV]
+    assert provenance["Mask"] == "published" and int(used.sum()) == int(mask.sum())
+    assert np.array_equal(used, mask.astype(bool))
+    derived, dprov = grid.model_input_mask()
+    assert dprov["Mask"] == "derived" and not np.array_equal(derived, used)
+
+
+def test_convert_weights_fails_loudly_without_a_complete_generation(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = tmp_path / "tf"
+    src.mkdir()
+    (src / _published_names("2020")["ad"][0]).write_bytes(b"x")
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(repo)}
+    res = subprocess.run(["bash", str(repo / "docker" / "convert_weights.sh"), str(src), str(tmp_path / "out")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    assert "no complete generation of the published weights" in res.stderr
+    assert "20210106_0_Phase4_Trans_AD_IncepResN_lr0003_Lfso_Fold0.h5" in res.stderr

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from typing import Sequence
 
-from ..errors import EXIT_UNKNOWN_LEVEL, EXIT_USAGE, VBMPredictError
+from ..errors import EXIT_CANT_CREATE, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, VBMPredictError
 from .parser import ANALYSIS_LEVELS, build_parser
 
 __all__ = ["main", "SUBCOMMANDS"]
@@ -80,6 +80,11 @@ def _run_subcommand(argv: Sequence[str]) -> int:
 def _run_bids_app(argv: Sequence[str]) -> int:
     from ..workflows import run_group_level, run_participant_level
 
+    if "--version" in argv:
+        from ..versions import version_report
+
+        print(version_report())  # the app, the model packages, the preprocessing tools
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose + 1)  # progress (INFO) is shown by default
@@ -115,7 +120,12 @@ def _run_bids_app(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    setup_environment()
+    try:
+        setup_environment()
+    except OSError as exc:  # e.g. `docker run --read-only` without `--tmpfs /tmp`
+        print(f"vbm-predict: error: no writable temporary directory ({exc}); give the container one "
+              "(docker run --tmpfs /tmp) or set TMPDIR to a writable folder", file=sys.stderr)
+        return EXIT_CANT_CREATE
     try:
         if argv and argv[0] in SUBCOMMANDS:
             return _run_subcommand(argv)

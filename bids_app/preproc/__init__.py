@@ -30,7 +30,7 @@ def resolve_backend_name(name: str, *, derivatives_dir: Path | None = None) -> s
     """Turn ``auto`` into a concrete backend name.
 
     ``auto`` picks ``derivatives`` when ``--derivatives`` was given, ``clinica`` when SPM standalone
-    is configured (``SPMSTANDALONE_HOME`` and ``MCR_HOME`` both set), and ``ants`` otherwise.
+    is configured (``MCR_HOME`` set and ``SPMSTANDALONE_HOME`` an existing folder), and ``ants`` otherwise.
     """
     if name != "auto":
         if name not in BACKENDS:
@@ -38,7 +38,8 @@ def resolve_backend_name(name: str, *, derivatives_dir: Path | None = None) -> s
         return name
     if derivatives_dir is not None:
         chosen = "derivatives"
-    elif os.environ.get("SPMSTANDALONE_HOME") and os.environ.get("MCR_HOME"):
+    elif os.environ.get("MCR_HOME") and Path(os.environ.get("SPMSTANDALONE_HOME") or "/nonexistent").is_dir():
+        # the image sets these variables in every flavour; the folder exists only where SPM was installed
         chosen = "clinica"
     else:
         chosen = "ants"
