@@ -26,6 +26,7 @@ from torch import nn
 
 from .._io import sha256_file
 from ..errors import ModelPackageError
+from .engines.choice import cpu_fp32
 from .fast import fold_batchnorm
 from .graph import GraphNet, Node, _triple, same_pad_arg
 from .package import ModelPackage
@@ -126,7 +127,7 @@ def export_network(net: nn.Module) -> StaticGraphNet:
     """The float32 CPU, BatchNorm-folded, static-padding copy of ``net`` that every export traces."""
     if not isinstance(net, GraphNet):
         raise ExportError(f"only layer-graph networks can be exported, got {type(net).__name__}")
-    return StaticGraphNet(fold_batchnorm(net.float().cpu().eval()))
+    return StaticGraphNet(fold_batchnorm(cpu_fp32(net)))
 
 
 def export_onnx(net: nn.Module, path: Path, *, opset: int = ONNX_OPSET) -> Path:
@@ -176,7 +177,7 @@ def verify(net: nn.Module, run: Callable[[np.ndarray], np.ndarray], x: np.ndarra
            tolerance: float = EXPORT_TOLERANCE) -> float:
     """Largest |score difference| of ``run`` against ``net`` in PyTorch FP32 on ``x``; refuse beyond ``tolerance``."""
     with torch.inference_mode():
-        ref = torch.sigmoid(net.float().cpu().eval()(torch.from_numpy(x))).double().numpy()
+        ref = torch.sigmoid(cpu_fp32(net)(torch.from_numpy(x))).double().numpy()
     got = 1.0 / (1.0 + np.exp(-run(x).astype(np.float64)))
     if got.shape != ref.shape or not np.isfinite(got).all():
         raise ExportError(f"{what}: gives output of shape {got.shape}, expected {ref.shape}")

@@ -28,6 +28,7 @@ the fold's weights sha256, the PyTorch version and the CPU level, so a job array
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -136,6 +137,18 @@ def _cache_dir() -> Path | None:
     return Path(base) / "vbm-predict" if base else None
 
 
+def cpu_fp32(net: nn.Module) -> nn.Module:
+    """``net`` itself when it is a float32 CPU module in eval mode, else an eval-mode float32 CPU copy.
+
+    Why a copy: ``Module.cpu()`` / ``.float()`` work in place, and the package's networks may
+    live on a GPU for the engine being checked.
+    """
+    params = list(net.parameters()) + list(net.buffers())
+    if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params) and not net.training:
+        return net
+    return copy.deepcopy(net).float().cpu().eval()
+
+
 def _reference_scores(net: nn.Module, x: np.ndarray, key: str | None) -> np.ndarray:
     """PyTorch FP32 eager scores of ``net`` on the reference input (cached on disk under ``key``)."""
     cache = _cache_dir()
@@ -149,7 +162,7 @@ def _reference_scores(net: nn.Module, x: np.ndarray, key: str | None) -> np.ndar
         except (OSError, ValueError, KeyError):
             pass
     with torch.inference_mode():
-        ref = torch.sigmoid(net.float().cpu().eval()(torch.from_numpy(x))).double().numpy()
+        ref = torch.sigmoid(cpu_fp32(net)(torch.from_numpy(x))).double().numpy()
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
