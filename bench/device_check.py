@@ -41,11 +41,12 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device visible (torch.cuda.is_available() is False); nothing to check")
         return 2
+    from models_fixtures import randomise_bn
+
     from bids_app.models import build_network, load_package, predict
     from bids_app.models.engines import make_runner
     from bids_app.models.export import reference_input
     from bids_app.workflows import DEMO_MODELS
-    from models_fixtures import randomise_bn
 
     print(f"# GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}; CUDA {torch.version.cuda}; "
           f"bf16 supported: {torch.cuda.is_bf16_supported()}")
@@ -71,7 +72,8 @@ def main() -> int:
     xb = x[:1]
     for arch in ("irv2_ad_optimised", "irv2_sex"):
         net = randomise_bn(build_network(arch), seed=1).eval()
-        for engine, prec in (("torch-eager", "fp32"), ("torch-fast", "fp32"), ("torch-fast", "bf16"), ("torch-fast", "fp16")):
+        modes = (("torch-eager", "fp32"), ("torch-fast", "fp32"), ("torch-fast", "bf16"), ("torch-fast", "fp16"))
+        for engine, prec in modes:
             torch.cuda.reset_peak_memory_stats()
             r = make_runner(net, engine, prec, torch.device("cuda"))
             ref_logit = r(xb)

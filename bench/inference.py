@@ -280,6 +280,8 @@ def main() -> int:
                 print(f"{mode}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
                 continue
             r = json.loads(lines[-1][7:])
+            print(f"# {mode}: {r['median']:.2f} s (warm-up {r['warmup']:.2f} s) as {r.get('engine', '')}, "
+                  f"peak {r['peak_rss_gb']:.2f} GB, load {r.get('load', float('nan')):.2f}", flush=True)
             if mode in results:
                 prev = results[mode]
                 if mode != "tf-keras" and r["scores"] != prev["scores"]:

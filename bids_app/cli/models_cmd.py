@@ -48,8 +48,8 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("--input", required=True, type=Path, metavar="ARRAY.npy")
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
     sc.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    sc.add_argument("--precision", default="auto", choices=("auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino",
-                                                            "openvino-bf16", "onnxruntime", "compile"))  # = models.PRECISIONS
+    sc.add_argument("--precision", default="auto", choices=(  # = models.PRECISIONS (torch-free here)
+        "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"))
     sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)
 
@@ -60,7 +60,8 @@ def add_parser(subparsers: Any) -> None:
     ex = sub.add_parser("export", help="export every fold as ONNX or TorchScript (each verified against PyTorch FP32)")
     ex.add_argument("package", type=Path, metavar="PACKAGE_DIR")
     ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
-    ex.add_argument("--out", required=True, type=Path, metavar="DIR", help="directory for fold{k}.onnx|.pt and export.json")
+    ex.add_argument("--out", required=True, type=Path, metavar="DIR",
+                    help="directory for fold{k}.onnx|.pt and export.json")
     ex.set_defaults(func=run)
     p.set_defaults(func=run)
 

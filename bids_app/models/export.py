@@ -212,7 +212,8 @@ def export_package(package: ModelPackage, out_dir: Path, fmt: str = "onnx", *,
                 diff = verify(net, lambda a, p=tmp: run_onnx(p, a), x, f"{package.name} fold {k} ONNX export")
             else:
                 export_torchscript(net, tmp)
-                diff = verify(net, lambda a, p=tmp: _run_torchscript(p, a), x, f"{package.name} fold {k} TorchScript export")
+                diff = verify(net, lambda a, p=tmp: _run_torchscript(p, a), x,
+                              f"{package.name} fold {k} TorchScript export")
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -221,8 +222,9 @@ def export_package(package: ModelPackage, out_dir: Path, fmt: str = "onnx", *,
                       "max_score_diff_vs_pytorch_fp32": diff})
     manifest = {
         "package": package.name, "version": package.version, "task": package.task, "format": fmt,
-        "opset": ONNX_OPSET if fmt == "onnx" else None, "input": {"name": "x", "shape": ["N", *package.folds[0].input_shape],
-                                                                  "dtype": "float32", "layout": "N C D H W"},
+        "opset": ONNX_OPSET if fmt == "onnx" else None,
+        "input": {"name": "x", "shape": ["N", *package.folds[0].input_shape], "dtype": "float32",
+                  "layout": "N C D H W"},
         "output": {"name": "logit", "meaning": "logit; score = sigmoid(logit)"},
         "torch": torch.__version__, "check_inputs": int(x.shape[0]), "folds": folds,
     }

@@ -46,7 +46,9 @@ __all__ = [
     "check_model_input",
 ]
 
-Precision = Literal["auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"]
+Precision = Literal[
+    "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"
+]
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16",
                                "onnxruntime", "compile")
 #: An explicit ``precision`` as (engine, precision) of :mod:`bids_app.models.engines`.
@@ -89,7 +91,7 @@ def check_model_input(x: np.ndarray) -> np.ndarray:
 
 def prepare(package: ModelPackage, device: torch.device, precision: str = "auto", *,
             threads: int | None = None) -> PreparedEngine:
-    """The package's folds made ready (built and self-checked) for ``precision`` on ``device``; cached on the package."""
+    """The package's folds built and self-checked for ``precision`` on ``device`` (cached on the package)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     key = ("engine", str(device), precision, threads or torch.get_num_threads())
@@ -101,7 +103,8 @@ def prepare(package: ModelPackage, device: torch.device, precision: str = "auto"
     else:
         engine, prec = _EXPLICIT[precision]
         if engine != "torch-eager" and device.type != "cpu" and engine not in ("torch-fast",):
-            raise ValueError(f"precision {precision!r} runs on the CPU only (device {device}); use 'fast', 'bf16' or 'fp16'")
+            raise ValueError(
+                f"precision {precision!r} runs on the CPU only (device {device}); use 'fast', 'bf16' or 'fp16'")
         order, rule = [EngineCandidate(engine, prec), EngineCandidate("torch-eager", "fp32")], f"explicit-{precision}"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size: autotuned kernels pay from the second pass on

@@ -182,7 +182,8 @@ def self_check(runner: Runner, net: nn.Module, x: np.ndarray, *, what: str, tole
     logits = np.asarray(runner(x), dtype=np.float64)
     got = 1.0 / (1.0 + np.exp(-logits))
     if got.shape != ref.shape or not np.isfinite(got).all():
-        raise EngineCheckError(f"{what}: {runner.engine} {runner.precision} gives output {got.shape}, expected {ref.shape}")
+        raise EngineCheckError(
+            f"{what}: {runner.engine} {runner.precision} gives output {got.shape}, expected {ref.shape}")
     diff = float(np.abs(got - ref).max())
     if diff > tol:
         raise EngineCheckError(
@@ -233,7 +234,8 @@ def prepare_engine(
         except Exception as exc:  # any build or check failure: fall back, loudly
             msg = f"{cand.engine} {cand.precision}: {exc}"
             fallbacks.append(msg)
-            warnings.warn(f"inference engine not used for {name}: {msg}; trying the next one", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"inference engine not used for {name}: {msg}; trying the next one", RuntimeWarning,
+                          stacklevel=2)
             log.warning("inference engine not used for %s: %s", name, msg)
             continue
         version = engine_version(cand.engine) or "unknown"

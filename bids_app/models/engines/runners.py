@@ -165,7 +165,8 @@ def _onnxruntime_runner(net: nn.Module, threads: int | None, onnx_path: Path | N
         tmp.cleanup()
 
     def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0], dtype=np.float32).reshape(-1)
+        out = sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32).reshape(-1)
 
     return Runner("onnxruntime", "fp32", "cpu", run)
 
