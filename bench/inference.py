@@ -174,31 +174,44 @@ def default_modes() -> list[str]:
     return [*modes, "tf-keras"]
 
 
-def faithfulness(workdir: Path, n: int, modes: list[str], threads: int) -> dict:
-    """Scores of ``n`` simulated participants per mode with the trained demo packages (sex, AD)."""
-    import warnings
+def faithfulness(workdir: Path, n: int, modes: list[str], threads: int, synth: Path | None = None) -> dict:
+    """Scores of ``n`` simulated participants per mode with the trained demo packages (sex, AD).
 
+    Inputs: the ground-truth GM maps of the participants in ``synth`` (a ``vbm-predict simulate``
+    / ``bids_app.synth.simulate_dataset`` output) through ``make_model_input``, topped up to ``n``
+    with deformed-template inputs (``reference_input`` with seeds 100, 101, ...). Each mode's
+    runners are built directly (no self-check, no fallback), so a reduced precision is measured
+    even where the predictor would refuse it; ``auto`` goes through the predictor.
+    """
     import nibabel as nib
     import torch
 
     from bids_app import grid
     from bids_app.models import load_package, predict
-    from bids_app.synth import TRUTH_DIR, simulate_dataset, truth_paths
+    from bids_app.models.engines import make_runner
+    from bids_app.models.export import reference_input
+    from bids_app.models.predict import _EXPLICIT
+    from bids_app.synth import TRUTH_DIR, truth_paths
     from bids_app.workflows import DEMO_MODELS
 
     torch.set_num_threads(threads)
-    root = workdir / f"synth{n}"
-    if not (root / "participants.tsv").exists():
-        simulate_dataset(root, participants=n, sites=2, seed=7, maps_only=True)
-    pids = sorted(p.name for p in (root / TRUTH_DIR).glob("sub-*") if p.is_dir())[:n]
-    xs = []
-    for pid in pids:
-        t = truth_paths(root, pid)
-        gmd = np.asarray(nib.load(t["gmd"]).dataobj, dtype=np.float32)
-        gmv = np.asarray(nib.load(t["gmv"]).dataobj, dtype=np.float32)
-        xs.append(grid.make_model_input(gmd, gmv))
+    xs, sources = [], []
+    if synth is not None:
+        for pid in sorted(p.name for p in (synth / TRUTH_DIR).glob("sub-*") if p.is_dir())[:n]:
+            t = truth_paths(synth, pid)
+            if not (t["gmd"].exists() and t["gmv"].exists()):
+                continue
+            gmd = np.asarray(nib.load(t["gmd"]).dataobj, dtype=np.float32)
+            gmv = np.asarray(nib.load(t["gmv"]).dataobj, dtype=np.float32)
+            xs.append(grid.make_model_input(gmd, gmv))
+            sources.append(f"synth {pid}")
+    k = 0
+    while len(xs) < n:
+        xs.append(reference_input(seed=100 + k, n=1)[0])
+        sources.append(f"template seed {100 + k}")
+        k += 1
     x = np.stack(xs)
-    out: dict = {"participants": len(pids), "modes": {}}
+    out: dict = {"participants": len(xs), "sources": sources, "modes": {}}
     for task in ("sex", "ad"):
         pkg = load_package(DEMO_MODELS / task)
         ref = predict(pkg, x, device="cpu", precision="fp32").fold_scores
@@ -206,18 +219,27 @@ def faithfulness(workdir: Path, n: int, modes: list[str], threads: int) -> dict:
         for mode in modes:
             if mode in ("fp32", "tf-keras"):
                 continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                s = predict(pkg, x, device="cpu", precision=mode)
-            out["modes"].setdefault(mode, {})[task] = {
-                "scores": s.fold_scores.tolist(), "engine": f"{s.engine['Engine']} {s.engine['Precision']}",
-                "fallbacks": s.engine["Fallbacks"], "warnings": len(caught)}
+            if mode == "auto":
+                s = predict(pkg, x, device="cpu", precision="auto")
+                scores, ran = s.fold_scores, f"{s.engine['Engine']} {s.engine['Precision']}"
+            else:
+                engine, prec = _EXPLICIT[mode]
+                try:
+                    runners = [make_runner(net, engine, prec, torch.device("cpu"), threads=threads) for net in pkg.folds]
+                except (ValueError, ImportError) as exc:
+                    print(f"# {mode}: not available ({exc})", file=sys.stderr)
+                    continue
+                logits = np.stack([np.concatenate([r(x[i:i + 1]) for i in range(len(x))]) for r in runners], axis=1)
+                scores, ran = 1 / (1 + np.exp(-logits.astype(np.float64))), f"{engine} {runners[0].precision}"
+            out["modes"].setdefault(mode, {})[task] = {"scores": np.asarray(scores).tolist(), "engine": ran}
     return out
 
 
 def report_faithfulness(res: dict) -> None:
-    print(f"\n# faithfulness: {res['participants']} simulated participants (synth ground-truth GM maps), "
-          "trained demo packages (3 folds each), per-fold scores and fold means vs fp32")
+    n_synth = sum(src.startswith("synth") for src in res["sources"])
+    print(f"\n# faithfulness: {res['participants']} simulated participants ({n_synth} synth ground-truth GM maps, "
+          f"{res['participants'] - n_synth} deformed-template inputs), trained demo packages (3 folds each), "
+          "per-fold scores and fold means vs fp32")
     print(f"{'mode':14s} {'ran as':22s} {'max |d| fold':>13s} {'max |d| mean':>13s} {'flips@0.5':>9s} {'flips@0.3':>9s} "
           f"{'unexplained':>11s}")
     for mode, per_task in res["modes"].items():
@@ -253,6 +275,9 @@ def main() -> int:
     ap.add_argument("--modes", nargs="+", default=None, help="default: fp32, auto, every installed engine, tf-keras")
     ap.add_argument("--faithfulness", type=int, default=0, metavar="N",
                     help="score N simulated participants with the demo packages in every mode (item 3 of issue 16)")
+    ap.add_argument("--synth", type=Path, default=None, metavar="DIR",
+                    help="simulated dataset whose ground-truth GM maps feed --faithfulness (topped up with "
+                         "deformed-template inputs)")
     ap.add_argument("--networks", choices=("participant", "ad1"), default="participant",
                     help="time a participant (1 sex + 5 AD folds) or one AD fold (loaded machines)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -260,7 +285,7 @@ def main() -> int:
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vbm-bench-"))
     if args._child == "faithfulness":
-        print("RESULT " + json.dumps(faithfulness(workdir, args.faithfulness, args.modes, args.threads)))
+        print("RESULT " + json.dumps(faithfulness(workdir, args.faithfulness, args.modes, args.threads, args.synth)))
         return 0
     if args._child:
         print("RESULT " + json.dumps(run_mode(args._child, workdir, args.repeats, args.threads, args.networks)))
@@ -268,7 +293,8 @@ def main() -> int:
     print_machine()
     if args.modes is None:
         args.modes = default_modes()
-    make_files(workdir)
+    if args.rounds > 0:
+        make_files(workdir)
     results: dict[str, dict] = {}
     for _ in range(args.rounds):
         for mode in args.modes:
@@ -313,7 +339,8 @@ def main() -> int:
     faith = None
     if args.faithfulness:
         cmd = [sys.executable, __file__, "--_child", "faithfulness", "--workdir", str(workdir), "--threads", str(args.threads),
-               "--faithfulness", str(args.faithfulness), "--modes", *[m for m in args.modes if m not in ("fp32", "tf-keras")]]
+               "--faithfulness", str(args.faithfulness), *(["--synth", str(args.synth)] if args.synth else []),
+               "--modes", *[m for m in args.modes if m not in ("fp32", "tf-keras")]]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
