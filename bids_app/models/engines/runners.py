@@ -135,8 +135,8 @@ def _openvino_runner(net: nn.Module, precision: str, threads: int | None, onnx_p
     core = ov.Core()
     config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                                  "PERFORMANCE_HINT": "LATENCY"}
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = int(threads)
+    # the same thread budget as PyTorch (set by the app's --omp-nthreads / torch.set_num_threads)
+    config["INFERENCE_NUM_THREADS"] = int(threads or torch.get_num_threads())
     compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
     # Without native bf16 the CPU plugin ignores the bf16 hint and runs f32: record what it runs.
     actual = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
