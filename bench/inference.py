@@ -320,22 +320,23 @@ def main() -> int:
     load = os.getloadavg()
     import torch
 
-    auto = results.get("auto", {}).get("engine", "?")
-    what = "per participant = 1 sex + 5 AD forward passes" if args.networks == "participant" else "per AD fold forward pass"
-    print(f"# {what}; {args.threads} thread(s); {args.rounds} rounds x "
-          f"{args.repeats} timed; "
-          f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; torch {torch.__version__}; "
-          f"'auto' ran as {auto}")
-    base = results.get("fp32")
-    if base:
-        print(f"# fp32 scores (sex, AD folds 0-4): {' '.join(f'{v:.4f}' for v in base['scores'])}")
-    print(f"{'mode':14s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} {'peak GB':>8s} {'max |d score|':>14s}  ran as")
-    for mode, r in results.items():
-        vs_fp32 = base["median"] / r["median"] if base else float("nan")
-        vs_tf = results["tf-keras"]["median"] / r["median"] if "tf-keras" in results else float("nan")
-        diff = max(abs(a - b) for a, b in zip(r["scores"], base["scores"])) if base else float("nan")
-        print(f"{mode:14s} {r['median']:9.2f} {min(r['times']):7.2f} {r['warmup']:9.2f} {vs_fp32:8.2f}x {vs_tf:10.2f}x "
-              f"{r['peak_rss_gb']:8.2f} {diff:14.2e}  {r.get('engine', '')}")
+    if results:
+        auto = results.get("auto", {}).get("engine", "?")
+        what = "per participant = 1 sex + 5 AD forward passes" if args.networks == "participant" else "per AD fold forward pass"
+        print(f"# {what}; {args.threads} thread(s); {args.rounds} rounds x "
+              f"{args.repeats} timed; "
+              f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; torch {torch.__version__}; "
+              f"'auto' ran as {auto}")
+        base = results.get("fp32")
+        if base:
+            print(f"# fp32 scores (sex, AD folds 0-4): {' '.join(f'{v:.4f}' for v in base['scores'])}")
+        print(f"{'mode':14s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} {'peak GB':>8s} {'max |d score|':>14s}  ran as")
+        for mode, r in results.items():
+            vs_fp32 = base["median"] / r["median"] if base else float("nan")
+            vs_tf = results["tf-keras"]["median"] / r["median"] if "tf-keras" in results else float("nan")
+            diff = max(abs(a - b) for a, b in zip(r["scores"], base["scores"])) if base else float("nan")
+            print(f"{mode:14s} {r['median']:9.2f} {min(r['times']):7.2f} {r['warmup']:9.2f} {vs_fp32:8.2f}x {vs_tf:10.2f}x "
+                  f"{r['peak_rss_gb']:8.2f} {diff:14.2e}  {r.get('engine', '')}")
     faith = None
     if args.faithfulness:
         cmd = [sys.executable, __file__, "--_child", "faithfulness", "--workdir", str(workdir), "--threads", str(args.threads),
