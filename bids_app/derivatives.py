@@ -122,6 +122,12 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
             "validated conditions; see 'warnings'."
         )
     },
+    "inference_engine": {
+        "Description": (
+            "Engine and precision that computed the scores, e.g. 'openvino 2026.4.1 fp32' (each engine is "
+            "checked against PyTorch FP32 on a reference input before use; see docs/inference.md)."
+        )
+    },
     "model_input_mask": {
         "Description": "Brain mask applied to the maps before the model (sidecars' ModelInputMask has its details).",
         "Levels": {
@@ -138,7 +144,7 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
 _TEXT_PREDICTION_COLUMNS = (
     "participant_id", "session_id", "run_id", "source_file", "target", "model_name", "model_version",
     "model_sha256", "predicted_label", "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
-    "model_input_mask", "warnings", "notice",
+    "inference_engine", "model_input_mask", "warnings", "notice",
 )
 
 
@@ -362,6 +368,13 @@ def _source_relative(unit: T1wUnit, bids_dir: Path) -> Path:
     return unit.path.relative_to(bids_dir) if unit.path.is_relative_to(bids_dir) else unit.path
 
 
+def _engine_label(scores: Any) -> str | None:
+    """'engine version precision' of the inference engine that made ``scores`` (None when unknown)."""
+    info = getattr(scores, "engine", None) or {}
+    parts = [str(info[k]) for k in ("Engine", "EngineVersion", "Precision") if info.get(k)]
+    return " ".join(parts) or None
+
+
 def prediction_rows(
     unit: T1wUnit,
     bids_dir: Path,
@@ -415,6 +428,7 @@ def prediction_rows(
                 "qc_gmv_template_correlation": qc.metrics.get("gmv_template_correlation"),
                 "preproc_backend": maps.backend,
                 "preproc_backend_version": maps.backend_version,
+                "inference_engine": _engine_label(scores),
                 "model_input_mask": model_input_mask()[1]["Mask"],
                 "validated_input": backend_ok and qc.passed and not package.trained_on_synthetic,
                 "warnings": "; ".join(warnings) or None,

@@ -163,11 +163,14 @@ class ModelScores:
 
     ``fold_scores`` is N x F (sigmoid outputs, one column per fold); ``mean`` is their mean over
     folds (the reference system's ensemble rule) and ``spread`` their standard deviation.
+    ``engine`` says what computed them (engine, version, precision, device, CPU, self-check; see
+    :class:`bids_app.models.engines.EngineInfo`), for the prediction's provenance.
     """
 
     model_name: str
     task: str
     fold_scores: np.ndarray
+    engine: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def mean(self) -> np.ndarray:

@@ -10,7 +10,7 @@ python -m pip install -q --upgrade pip
 # CPU build of PyTorch first: an unpinned torch would pull a multi-GB CUDA build.
 python -m pip install -q "torch==2.13.0"
 extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test,keras-ref,container-tools]"; fi
+if [ "${1:-}" = "--test" ]; then extras="[test,keras-ref,container-tools,engines]"; fi
 python -m pip install -q -e ".${extras}"
 # Real single-subject anatomy (Colin27 head, AAL atlas) used by tests and the simulator when present.
 if [ ! -e /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

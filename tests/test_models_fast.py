@@ -67,18 +67,21 @@ def test_fused_executor_checks_its_input():
 
 
 def test_fused_is_refused_off_the_cpu(tmp_path):
-    from bids_app.models.predict import prepare_networks
+    from bids_app.models.predict import prepare
 
     pkg = load_package(DEMO_MODELS / "ad")
     with pytest.raises(ValueError, match="'fused' runs on the CPU only"):
-        prepare_networks(pkg, torch.device("meta"), "fused")
+        prepare(pkg, torch.device("meta"), "fused")
 
 
-def test_auto_means_fused_on_cpu():
+def test_auto_on_cpu_is_an_exact_fp32_engine_unless_bf16_is_native():
+    from bids_app.models.engines import cpu_features
     from bids_app.models.predict import default_precision
 
-    assert default_precision(torch.device("cpu")) == "fused"
-    assert default_precision(torch.device("cuda")) == "bf16"
+    first = default_precision(torch.device("cpu"))
+    if not cpu_features().native_bf16:
+        assert first.endswith(" fp32") and first.split()[0] in ("openvino", "torch-fused", "torch-fast")
+    assert default_precision(torch.device("cuda")).startswith("torch-fast ")
 
 
 def test_fused_scores_are_deterministic(inputs):

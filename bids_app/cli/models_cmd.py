@@ -5,7 +5,9 @@ Thin on purpose: argument parsing and printing only; the work is in :mod:`bids_a
 * ``models import-keras FILE.h5 [FILE.h5 ...] --task {sex,ad} --out DIR [--name --version]``
 * ``models score PACKAGE_DIR --input ARRAY.npy [--channels-last] [--device --precision --batch-size]``
   prints ``{"model", "task", "folds", "scores": [{"index", "mean", "spread", "folds": [...]}]}``
-* ``models info PACKAGE_DIR`` prints the card plus parameter counts.
+* ``models info PACKAGE_DIR`` prints the card plus parameter counts and the inference engine choice.
+* ``models export PACKAGE_DIR --format onnx|torchscript --out DIR`` writes every fold, each checked
+  against PyTorch FP32 (1e-5) before it is kept, plus ``export.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers: Any) -> None:
     """Register ``models`` and its subcommands on the main parser's ``subparsers``."""
     p = subparsers.add_parser("models", help="model packages: import Keras files, score arrays, show cards")
-    sub = p.add_subparsers(dest="models_command", metavar="{import-keras,score,info}")
+    sub = p.add_subparsers(dest="models_command", metavar="{import-keras,score,info,export}")
     sub.required = True
 
     imp = sub.add_parser("import-keras", help="convert Keras full-model H5 files (one per fold) into a model package")
@@ -46,13 +48,21 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("--input", required=True, type=Path, metavar="ARRAY.npy")
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
     sc.add_argument("--device", default="cpu", type=device_name, metavar="{auto,cpu,cuda,cuda:N}")
-    sc.add_argument("--precision", default="auto", choices=("auto", "fp32", "fast", "fused", "bf16"))  # = models.PRECISIONS (torch-free here)
+    sc.add_argument("--precision", default="auto", choices=(  # = models.PRECISIONS (torch-free here)
+        "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"))
     sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)
 
     info = sub.add_parser("info", help="print a package's model card with parameter counts")
     info.add_argument("package", type=Path, metavar="PACKAGE_DIR")
     info.set_defaults(func=run)
+
+    ex = sub.add_parser("export", help="export every fold as ONNX or TorchScript (each verified against PyTorch FP32)")
+    ex.add_argument("package", type=Path, metavar="PACKAGE_DIR")
+    ex.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    ex.add_argument("--out", required=True, type=Path, metavar="DIR",
+                    help="directory for fold{k}.onnx|.pt and export.json")
+    ex.set_defaults(func=run)
     p.set_defaults(func=run)
 
 
@@ -65,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
         return _score(args)
     if cmd == "info":
         return _info(args)
-    raise UsageError(f"unknown models subcommand {cmd!r}; use import-keras, score or info")
+    if cmd == "export":
+        return _export(args)
+    raise UsageError(f"unknown models subcommand {cmd!r}; use import-keras, score, info or export")
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -123,6 +135,7 @@ def _score(args: argparse.Namespace) -> int:
         "positive_label": pkg.positive_label,
         "folds": len(pkg.folds),
         "precision": args.precision,
+        "engine": dict(scores.engine),
         "scores": [
             {"index": i, "mean": float(scores.mean[i]), "spread": float(scores.spread[i]),
              "folds": [float(v) for v in scores.fold_scores[i]]}
@@ -146,6 +159,19 @@ def _info(args: argparse.Namespace) -> int:
     card["architecture"] = arch
     card["parameters"] = {"total_per_fold": pkg.n_parameters, "trainable_per_fold": trainable,
                           "non_trainable_per_fold": pkg.n_parameters - trainable, "folds": len(pkg.folds)}
+    from ..models.engines import describe_engine_choice
+
+    card["inference"] = describe_engine_choice("cpu")
     json.dump(card, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..models import load_package
+    from ..models.export import export_package
+
+    manifest = export_package(load_package(args.package), args.out, args.format)
+    json.dump(manifest, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

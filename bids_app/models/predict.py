@@ -1,49 +1,72 @@
-"""Scoring model inputs with every fold of a package: the predictor and its fast path.
+"""Scoring model inputs with every fold of a package: the predictor and its engines.
 
 ``precision`` chooses how the forward passes run:
 
+* ``"auto"`` (the default): the engine and precision chosen for this machine at run time by the
+  rules of :mod:`bids_app.models.engines.choice` (CPU features, installed engines), each
+  candidate proven by a self-check against PyTorch FP32 before it is used (1e-5 for FP32
+  engines, 1e-3 for bf16 / fp16), falling back with a warning to the next one.
 * ``"fp32"``: the networks exactly as loaded (eager float32, BatchNorm as a separate op): the
-  reference the other modes are checked against.
+  reference the other modes are checked against. Never self-checked (it is the reference).
 * ``"fast"``: BatchNorm folded into the convolutions, channels-last 3D memory format, float32.
-  Exact algebra; scores agree with ``fp32`` to float rounding. Portable (CPU and CUDA).
-* ``"fused"`` (CPU only): ``fast`` run by :class:`~bids_app.models.fast.OneDNNGraphNet`: every
-  convolution through oneDNN with its weight packed once and its ReLU / residual add fused as
-  post-ops. Float32; scores agree with ``fp32`` to float rounding.
-* ``"bf16"``: ``fast`` plus bfloat16 autocast (CPU: oneDNN bf16 kernels; CUDA: tensor cores).
-* ``"auto"``: the default chosen by measurement (see ``bench/inference.py`` and the README):
-  ``fused`` on a CPU, ``bf16`` on CUDA. It must keep scores within 1e-3 of ``fp32`` on realistic
-  inputs.
+* ``"fused"`` (CPU only): :class:`~bids_app.models.fast.OneDNNGraphNet`, float32.
+* ``"bf16"`` / ``"fp16"``: ``fast`` plus autocast (CPU bf16: oneDNN kernels, emulated and slow
+  where the CPU has no native bf16; CUDA: tensor cores).
+* ``"openvino"``, ``"openvino-bf16"``, ``"onnxruntime"``, ``"compile"``: one engine by name
+  (FP32 unless the name says bf16), from the verified ONNX export / ``torch.compile``.
 
-The sigmoid is applied here, in float32, to the logits the networks return. Runs on CPU are
-deterministic (same input, same thread count -> same scores).
+Every mode but ``fp32`` passes the same self-check; on CUDA, ``cudnn.benchmark`` is switched on
+(fixed input size) and the inputs go channels-last. What actually ran is in
+:attr:`ModelScores.engine <bids_app.types.ModelScores>` (a dict from
+:meth:`~bids_app.models.engines.EngineInfo.as_dict`) and in :func:`engine_info`.
+
+The sigmoid is applied here, in float32, to the logits the runners return. Runs on CPU are
+deterministic (same input, same engine, same thread count -> same scores).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch import nn
 
 from .. import grid
 from ..types import ModelScores
-from .fast import OneDNNGraphNet, fold_batchnorm, onednn_available
-from .graph import GraphNet
 from .device import resolve_device
+from .engines import EngineCandidate, PreparedEngine, candidates, prepare_engine
 from .package import ModelPackage
 
-__all__ = ["Precision", "PRECISIONS", "default_precision", "prepare_networks", "predict", "check_model_input"]
+__all__ = [
+    "Precision",
+    "PRECISIONS",
+    "default_precision",
+    "engine_info",
+    "prepare",
+    "predict",
+    "check_model_input",
+]
 
-Precision = Literal["auto", "fp32", "fast", "fused", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "fused", "bf16")
+Precision = Literal[
+    "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"
+]
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16",
+                               "onnxruntime", "compile")
+#: An explicit ``precision`` as (engine, precision) of :mod:`bids_app.models.engines`.
+_EXPLICIT: dict[str, tuple[str, str]] = {
+    "fp32": ("torch-eager", "fp32"), "fast": ("torch-fast", "fp32"), "fused": ("torch-fused", "fp32"),
+    "bf16": ("torch-fast", "bf16"), "fp16": ("torch-fast", "fp16"), "openvino": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"), "onnxruntime": ("onnxruntime", "fp32"), "compile": ("torch-compile", "fp32"),
+}
 
 
 def default_precision(device: torch.device) -> str:
-    """What ``precision="auto"`` means on ``device`` (chosen by measurement, see module doc)."""
-    if device.type == "cpu":
-        return "fused" if onednn_available() else "fast"
-    return "bf16"
+    """The first candidate ``precision="auto"`` tries on ``device``, as ``"<engine> <precision>"``.
+
+    What finally runs can be a later candidate (a failed self-check falls back): see :func:`engine_info`.
+    """
+    order, _ = candidates(device)
+    return f"{order[0].engine} {order[0].precision}"
 
 
 def check_model_input(x: np.ndarray) -> np.ndarray:
@@ -67,26 +90,34 @@ def check_model_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def prepare_networks(package: ModelPackage, device: torch.device, precision: str) -> list[nn.Module]:
-    """The package's fold networks made ready for ``precision`` on ``device`` (cached on the package)."""
-    key = (str(device), precision)
-    if key in package._prepared:
-        return package._prepared[key]
-    if precision == "fused" and device.type != "cpu":
-        raise ValueError(f"precision 'fused' runs on the CPU only (device {device}); use 'fast' or 'bf16'")
-    nets: list[nn.Module] = []
-    for net in package.folds:
-        net = net.to(device).eval()
-        if precision == "fused" and isinstance(net, GraphNet):
-            net = OneDNNGraphNet(net.float())
-        elif precision in ("fast", "bf16") and isinstance(net, GraphNet):
-            net = fold_batchnorm(net)
-            net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-        for p in net.parameters():
-            p.requires_grad_(False)
-        nets.append(net)
-    package._prepared[key] = nets
-    return nets
+def prepare(package: ModelPackage, device: torch.device, precision: str = "auto", *,
+            threads: int | None = None) -> PreparedEngine:
+    """The package's folds built and self-checked for ``precision`` on ``device`` (cached on the package)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    key = ("engine", str(device), precision, threads or torch.get_num_threads())
+    cached: Any = package._prepared.get(key)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    if precision == "auto":
+        order, rule = candidates(device)
+    else:
+        engine, prec = _EXPLICIT[precision]
+        if engine != "torch-eager" and device.type != "cpu" and engine not in ("torch-fast",):
+            raise ValueError(
+                f"precision {precision!r} runs on the CPU only (device {device}); use 'fast', 'bf16' or 'fp16'")
+        order, rule = [EngineCandidate(engine, prec), EngineCandidate("torch-eager", "fp32")], f"explicit-{precision}"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # one input size: autotuned kernels pay from the second pass on
+    prepared = prepare_engine(package.folds, device, order, rule=rule, name=package.name,
+                              weights_sha256=package.sha256, threads=threads)
+    package._prepared[key] = prepared  # type: ignore[assignment]
+    return prepared
+
+
+def engine_info(package: ModelPackage, device: str = "auto", precision: str = "auto") -> dict[str, Any]:
+    """Provenance of the engine that scores ``package`` (builds and self-checks it if not done yet)."""
+    return prepare(package, resolve_device(device), precision).info.as_dict()
 
 
 def predict(
@@ -108,15 +139,16 @@ def predict(
         :func:`bids_app.grid.make_model_input`.
     device : {"auto", "cpu", "cuda"}
         ``auto`` uses CUDA when available.
-    precision : {"auto", "fp32", "fast", "fused", "bf16"}
-        See the module docstring.
+    precision : str
+        One of :data:`PRECISIONS`; see the module docstring.
     batch_size : int
         Inputs per forward pass (1 keeps CPU memory lowest).
 
     Returns
     -------
     ModelScores
-        ``fold_scores`` N x F sigmoid outputs (float64), mean and spread over folds.
+        ``fold_scores`` N x F sigmoid outputs (float64), mean and spread over folds; ``engine``
+        the provenance of the engine that computed them.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -124,18 +156,12 @@ def predict(
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     dev = resolve_device(device)
     x = check_model_input(x)
-    prec = default_precision(dev) if precision == "auto" else precision
-    nets = prepare_networks(package, dev, prec)
+    prepared = prepare(package, dev, precision)
     n = x.shape[0]
-    scores = np.empty((n, len(nets)), dtype=np.float64)
-    autocast = prec == "bf16"
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            xb = torch.from_numpy(x[start : start + batch_size]).to(dev)
-            if prec in ("fast", "bf16"):
-                xb = xb.contiguous(memory_format=torch.channels_last_3d)
-            for f, net in enumerate(nets):
-                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = net(xb)
-                scores[start : start + xb.shape[0], f] = torch.sigmoid(logits.float()).cpu().double().numpy()
-    return ModelScores(model_name=package.name, task=package.task, fold_scores=scores)
+    scores = np.empty((n, len(prepared.runners)), dtype=np.float64)
+    for start in range(0, n, batch_size):
+        xb = x[start : start + batch_size]
+        for f, runner in enumerate(prepared.runners):
+            logits = torch.from_numpy(np.asarray(runner(xb), dtype=np.float32))
+            scores[start : start + xb.shape[0], f] = torch.sigmoid(logits).double().numpy()
+    return ModelScores(model_name=package.name, task=package.task, fold_scores=scores, engine=prepared.info.as_dict())
