@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ..templates import mni152_brain_mask, mni152_gm, mni152_wm
+
 __all__ = [
     "MRICRON_DIR",
     "TEMPLATE_NAME",
@@ -105,14 +107,12 @@ def template_anatomy(use_mricron: bool = True) -> TemplateAnatomy:
 
     ``use_mricron=False`` forces the fallbacks (for tests of machines without mricron-data).
     """
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template, load_mni152_wm_template
-
-    gm_img = load_mni152_gm_template(resolution=1)
+    gm_img = mni152_gm()
     shape = tuple(int(s) for s in gm_img.shape[:3])
     affine = np.asarray(gm_img.affine, dtype=np.float64)
-    gm = np.clip(np.asarray(gm_img.get_fdata(), dtype=np.float32), 0, 1)
-    wm = np.clip(np.asarray(load_mni152_wm_template(resolution=1).get_fdata(), dtype=np.float32), 0, 1)
-    brain = np.asarray(load_mni152_brain_mask(resolution=1, threshold=0.2).get_fdata(), dtype=np.float32) > 0.5
+    gm = np.clip(np.asarray(gm_img.dataobj, dtype=np.float32), 0, 1)
+    wm = np.clip(np.asarray(mni152_wm().dataobj, dtype=np.float32), 0, 1)
+    brain = np.asarray(mni152_brain_mask(0.2).dataobj, dtype=np.float32) > 0.5
     brain = ndimage.binary_fill_holes(brain | (gm + wm > 0.3))
     # Soft brain edge so that CSF fills the space between tissue and skull.
     brain_p = np.clip(ndimage.gaussian_filter(brain.astype(np.float32), 0.7), 0, 1)

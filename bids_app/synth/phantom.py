@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from .._io import atomic_path
 from ..grid import to_grid
-from ._templates import template_priors_1mm, template_t1_1mm
+from ..templates import template_priors_1mm, template_t1_1mm
 
 __all__ = ["AAL_PATH", "Phantom", "hippocampus_mask_1mm", "make_phantom"]
 
