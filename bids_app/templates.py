@@ -25,6 +25,8 @@ __all__ = [
     "mni152_brain_mask",
     "template_t1_1mm",
     "template_priors_1mm",
+    "MTL_ELLIPSOIDS_MM",
+    "ellipsoid_mask",
 ]
 
 TEMPLATE_PROVENANCE = {
@@ -93,3 +95,26 @@ def template_priors_1mm() -> dict[str, nib.Nifti1Image]:
         name: nib.Nifti1Image(arr.astype(np.float32), affine)
         for name, arr in (("GM", gm), ("WM", wm), ("CSF", csf), ("brain", brain_p))
     }
+
+
+#: Medial temporal lobe in MNI152 mm, as ellipsoids (centre, semi-axes): hippocampi, amygdalae and
+#: parahippocampal gyri at their MNI positions (hippocampal body near (+-28, -22, -14)). The models'
+#: AD evidence sits here; QC checks the registration there (:mod:`bids_app.qc`).
+MTL_ELLIPSOIDS_MM: tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...] = (
+    ((-27.0, -22.0, -13.0), (7.0, 18.0, 7.0)),
+    ((28.0, -22.0, -13.0), (7.0, 18.0, 7.0)),
+    ((-23.0, -4.0, -19.0), (7.0, 7.0, 7.0)),
+    ((24.0, -4.0, -19.0), (7.0, 7.0, 7.0)),
+    ((-24.0, -30.0, -20.0), (6.0, 14.0, 5.0)),
+    ((25.0, -30.0, -20.0), (6.0, 14.0, 5.0)),
+)
+
+
+def ellipsoid_mask(shape: tuple[int, int, int], affine: np.ndarray, ellipsoids=MTL_ELLIPSOIDS_MM) -> np.ndarray:
+    """Boolean mask of the union of ``ellipsoids`` (mm) on the grid (``shape``, ``affine``)."""
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = (np.asarray(affine[:3, :3], np.float32) @ ijk + np.asarray(affine[:3, 3:4], np.float32)).reshape(3, *shape)
+    out = np.zeros(shape, bool)
+    for centre, radii in ellipsoids:
+        out |= sum(((xyz[i] - centre[i]) / radii[i]) ** 2 for i in range(3)) <= 1.0
+    return out

@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from ..templates import mni152_brain_mask, mni152_gm, mni152_wm
+from ..templates import MTL_ELLIPSOIDS_MM, ellipsoid_mask, mni152_brain_mask, mni152_gm, mni152_wm
 
 __all__ = [
     "MRICRON_DIR",
@@ -38,18 +38,6 @@ TEMPLATE_NAME = "MNI152NLin2009aSym"
 #: AAL (mricron numbering) labels of the medial temporal lobe: hippocampus, parahippocampal gyrus,
 #: amygdala, left and right
 AAL_MTL_LABELS: tuple[int, ...] = (37, 38, 39, 40, 41, 42)
-
-# Fallback MTL ellipsoids (centre mm, semi-axes mm) when AAL is not installed: hippocampus and
-# amygdala centres from the MNI literature (e.g. hippocampal body near (+-28, -22, -14)).
-_MTL_ELLIPSOIDS = (
-    ((-27.0, -22.0, -13.0), (7.0, 18.0, 7.0)),
-    ((28.0, -22.0, -13.0), (7.0, 18.0, 7.0)),
-    ((-23.0, -4.0, -19.0), (7.0, 7.0, 7.0)),
-    ((24.0, -4.0, -19.0), (7.0, 7.0, 7.0)),
-    ((-24.0, -30.0, -20.0), (6.0, 14.0, 5.0)),
-    ((25.0, -30.0, -20.0), (6.0, 14.0, 5.0)),
-)
-
 
 @dataclass(frozen=True)
 class TemplateAnatomy:
@@ -93,12 +81,8 @@ def _resample_to(src: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarra
 
 
 def _ellipsoid_mtl(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    world = _world_grid(shape, affine).reshape(3, *shape)
-    region = np.zeros(shape, dtype=bool)
-    for centre, radii in _MTL_ELLIPSOIDS:
-        d = sum(((world[i] - centre[i]) / radii[i]) ** 2 for i in range(3))
-        region |= d <= 1.0
-    return region
+    """Fallback MTL region when AAL is not installed: ellipsoids at the structures' MNI positions."""
+    return ellipsoid_mask(shape, affine, MTL_ELLIPSOIDS_MM)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=1)
