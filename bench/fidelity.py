@@ -77,7 +77,8 @@ def _one(spec: dict) -> None:
     fixed = to_ants(nib.Nifti1Image(np.zeros((121, 145, 121), np.float32), RAS_GRID_AFFINE))
     fwd = [str(folder / "syn" / "warp.nii.gz"), str(folder / "syn" / "affine.mat")]
     true_gm = ants.image_read(spec["gm"])
-    truth_gmd = ras_to_spm(ants.apply_transforms(fixed=fixed, moving=true_gm, transformlist=fwd, interpolator="linear").numpy())
+    warped_truth = ants.apply_transforms(fixed=fixed, moving=true_gm, transformlist=fwd, interpolator="linear")
+    truth_gmd = ras_to_spm(warped_truth.numpy())
     # native segmentation vs the true native structures (the reoriented grid holds the same voxels)
     seg = ants.image_read(str(folder / "seg" / "GM.nii.gz"))
     index = ants.apply_transforms(fixed=seg, moving=ants.image_read(spec["structures"]), transformlist=[],
@@ -176,7 +177,8 @@ def main() -> int:
     (base_dir / label).mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
     print(f"ANTs fidelity benchmark ({label}): params {overrides or 'defaults'}; {args.jobs} runs at once x "
-          f"{args.threads} threads on {os.cpu_count()} CPUs; load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}", flush=True)
+          f"{args.threads} threads on {os.cpu_count()} CPUs; load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}",
+          flush=True)
 
     import pickle
 
@@ -214,21 +216,25 @@ def main() -> int:
     for base in args.bases:
         for seed in args.seeds:
             c, a = f"{base}-s{seed}-ctrl", f"{base}-s{seed}-atr"
-            p = pairs[f"{base}-s{seed}"] = _pair_metrics(cases[c], cases[a], results[c], results[a], arrays[c], arrays[a])
+            p = _pair_metrics(cases[c], cases[a], results[c], results[a], arrays[c], arrays[a])
+            pairs[f"{base}-s{seed}"] = p
             for structure, v in p.items():
                 print(f"{base}-s{seed:<6} {structure:<12} {100 * v['true']:8.1f}%  {100 * v['gmv']:7.1f}%  "
-                      f"{100 * v['recovered']:8.0f}%  {100 * v['seg']:7.1f}%  {100 * v['gmd']:7.1f}%  {100 * v['jac']:7.1f}%")
+                      f"{100 * v['recovered']:8.0f}%  {100 * v['seg']:7.1f}%  {100 * v['gmd']:7.1f}%  "
+                      f"{100 * v['jac']:7.1f}%")
     rec = [v["recovered"] for p in pairs.values() for v in p.values()]
     rs = [m["r"] for m in per_case.values()]
     errs = [abs(m["gm_err"]) for m in per_case.values()]
     walls = [m["wall_s"] for m in per_case.values()]
-    print(f"median recovered {100 * statistics.median(rec):.0f}% (min {100 * min(rec):.0f}%, n={len(rec)} structure pairs); "
-          f"median r {statistics.median(rs):.3f} (min {min(rs):.3f}); median |GM err| {100 * statistics.median(errs):.1f}% "
+    print(f"median recovered {100 * statistics.median(rec):.0f}% (min {100 * min(rec):.0f}%, "
+          f"n={len(rec)} structure pairs); median r {statistics.median(rs):.3f} (min {min(rs):.3f}); "
+          f"median |GM err| {100 * statistics.median(errs):.1f}% "
           f"(max {100 * max(errs):.1f}%); median wall {statistics.median(walls):.0f} s at {args.threads} thread(s), "
           f"{args.jobs} at once")
     for name, res in results.items():
         q = res["qc"]
-        print(f"QC {name:<20} " + "  ".join(f"{k} {q[k]:.3f}" for k in sorted(q) if k.startswith(("gm_", "gmv_", "registration_", "mtl_"))))
+        shown = [k for k in sorted(q) if k.startswith(("gm_", "gmv_", "registration_", "mtl_"))]
+        print(f"QC {name:<20} " + "  ".join(f"{k} {q[k]:.3f}" for k in shown))
     (base_dir / label / "summary.json").write_text(json.dumps(
         {"params": overrides, "cases": per_case, "pairs": pairs, "qc": {n: r["qc"] for n, r in results.items()},
          "structures": list(STRUCTURES), "load_end": os.getloadavg()}, indent=2, default=float))

@@ -195,7 +195,6 @@ def make_phantom(
     t1 = sample(head)
     gm_native = sample(gm_t)
     hip_native = sample(H)
-    del t_vox
 
     # bias field (+-15%) and Rician noise
     bias_coarse = ndimage.gaussian_filter(rng.standard_normal((4, 4, 4)), 0.8)

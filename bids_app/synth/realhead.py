@@ -266,12 +266,12 @@ def make_case(
     del y
 
     def sample(arr: np.ndarray, order: int = 1) -> np.ndarray:
-        return ndimage.map_coordinates(arr, coords, order=order, mode="constant", cval=0.0, prefilter=False).reshape(shape)
+        out = ndimage.map_coordinates(arr, coords, order=order, mode="constant", cval=0.0, prefilter=False)
+        return out.reshape(shape)
 
     t1 = sample(head.t1)
     gm = sample(head.gm)
     labels = sample(head.labels.astype(np.float32), order=0).astype(np.int16)
-    del coords
     voxel_ml = float(np.prod(vox)) / 1000.0
     true_structures = {}
     index = np.zeros(shape, np.uint8)
