@@ -101,6 +101,12 @@ def _require(path: Path) -> Path:
     return path
 
 
+def _load(path: Path) -> nib.Nifti1Image:
+    img = nib.load(str(_require(path)))
+    assert isinstance(img, nib.Nifti1Image), path
+    return img
+
+
 def _pull(img: nib.spatialimages.SpatialImage, shape: tuple[int, ...], affine: np.ndarray, order: int) -> np.ndarray:
     idx = np.indices(shape, dtype=np.float32).reshape(3, -1)
     m = np.linalg.inv(img.affine) @ affine
@@ -130,10 +136,10 @@ def base_head(name: BaseName) -> BaseHead:
     """The base head ``name`` (see module docstring); cached per process."""
     from ..templates import mni152_gm, mni152_t1
 
-    aal = nib.load(str(_require(MRICRON_DIR / "aal.nii.gz")))
+    aal = _load(MRICRON_DIR / "aal.nii.gz")
     if name == "colin27":
-        ch2 = nib.load(str(_require(MRICRON_DIR / "ch2.nii.gz")))
-        bet = nib.load(str(_require(MRICRON_DIR / "ch2bet.nii.gz")))
+        ch2 = _load(MRICRON_DIR / "ch2.nii.gz")
+        bet = _load(MRICRON_DIR / "ch2bet.nii.gz")
         affine = ch2.affine
         t1 = np.asarray(ch2.dataobj, dtype=np.float32)
         brain = ndimage.binary_fill_holes(np.asarray(bet.dataobj) > 0)
@@ -150,7 +156,7 @@ def base_head(name: BaseName) -> BaseHead:
         gm = np.asarray(mni152_gm().dataobj, dtype=np.float32)
         brain_t1 = np.asarray(t1_img.dataobj, dtype=np.float32)
         wm_level = float(np.median(brain_t1[template_anatomy().wm > 0.9]))
-        t1 = brain_t1 + template_anatomy().head * wm_level
+        t1 = (brain_t1 + template_anatomy().head * wm_level).astype(np.float32)
         labels = np.rint(_pull(aal, t1.shape, affine, 0)).astype(np.int16)
         sources = {
             "T1": "nilearn MNI152 2009 T1 + Colin27 non-brain (synth.anatomy)",
