@@ -5,7 +5,7 @@
 What it runs (each run in a fresh process and a fresh work dir, so wall time and peak memory are those
 of one T1w from scratch):
 
-* two 1 mm phantoms of the same subject (bids_app.preproc._phantom): ``control`` and ``atrophy``
+* two 1 mm phantoms of the same subject (bids_app.synth.phantom): ``control`` and ``atrophy``
   (a local contraction at the AAL hippocampi, strength 0.3: about 20% of the native hippocampal GM
   volume removed; the injected loss is measured on the phantom);
 * the real Colin27 head (Debian mricron-data ``ch2.nii.gz``) when installed.
@@ -129,7 +129,7 @@ def main() -> int:
         _one(Path(t1), Path(work), int(threads), Path(out))
         return 0
 
-    from bids_app.preproc._phantom import make_phantom
+    from bids_app.synth.phantom import make_phantom
 
     base = args.work
     base.mkdir(parents=True, exist_ok=True)

@@ -164,14 +164,14 @@ def to_grid(
 
 @functools.lru_cache(maxsize=1)
 def _template_probabilities() -> tuple[np.ndarray, np.ndarray]:
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template
-
     import warnings
+
+    from .templates import mni152_brain_mask, mni152_gm
 
     with warnings.catch_warnings():  # the binary mask is resampled linearly on purpose, then thresholded
         warnings.filterwarnings("ignore", message="Resampling binary images")
-        brain = to_grid(load_mni152_brain_mask(resolution=1, threshold=0.0))
-    gm = to_grid(load_mni152_gm_template(resolution=1))
+        brain = to_grid(mni152_brain_mask(0.0))
+    gm = to_grid(mni152_gm())
     brain.setflags(write=False)
     gm.setflags(write=False)
     return brain, gm

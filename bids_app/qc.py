@@ -16,6 +16,11 @@ that catch a failed registration directly:
 * ``gm_inside_brain_fraction``: share of the GM density mass inside the template brain mask (a map
   from a failed registration spills outside the brain).
 * ``total_gmv_ml``: total GM volume (sum of GMV x 1.5^3 mm^3) within a broad adult range.
+* ``mtl_gm_dice``: Dice of GMD > 0.5 with the template's GM > 0.5 inside the medial temporal lobe
+  (:data:`bids_app.templates.MTL_ELLIPSOIDS_MM`, dilated 3 mm), where the AD models look: a warp
+  that aligned the brain globally but did not follow the local anatomy there overlaps less. Its
+  threshold :data:`MTL_DICE_THRESHOLD` was derived on the real-anatomy benchmark
+  (``bench/fidelity.py``; docs/preprocessing.md).
 * backend metrics when present: ``registration_t1_correlation`` (warped T1 vs template T1),
   ``modulation_volume_ratio`` (total GMV / native GM volume: the Jacobian bookkeeping),
   ``jacobian_min`` (a non-positive determinant means a folded warp).
@@ -28,7 +33,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .grid import SPM_SHAPE, SPM_VOXEL_VOLUME_MM3, brain_mask, template_gm
+from .grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3, brain_mask, template_gm
+from .templates import ellipsoid_mask
 from .types import GMMaps, QCResult
 
 __all__ = [
@@ -36,7 +42,10 @@ __all__ = [
     "GMV_CORRELATION_THRESHOLD",
     "THRESHOLDS",
     "reference_gmv",
+    "MTL_DICE_THRESHOLD",
     "gmv_template_correlation",
+    "mtl_mask",
+    "mtl_gm_dice",
     "compute_qc",
 ]
 
@@ -58,10 +67,18 @@ REFERENCE_DISTRIBUTION: dict[str, object] = {
 #: mean - 2 SD of :data:`REFERENCE_DISTRIBUTION`, the reference system's rule
 GMV_CORRELATION_THRESHOLD: float = 0.6414
 
+#: ``mtl_gm_dice`` below which the warp did not follow the medial temporal anatomy. Derived on
+#: bench/fidelity.py's Colin27 pair (docs/preprocessing.md, "QC of the local registration"): SyN
+#: warps 0.919 and 0.928; the same segmentations through the affine part alone 0.836 and 0.869, and
+#: the SyN maps shifted by 3 mm 0.817 and 0.822; threshold = midpoint of 0.869 and 0.919, rounded
+#: down. Provisional (one real head, two runs): re-derive on a cohort.
+MTL_DICE_THRESHOLD: float = 0.89
+
 #: metric -> (comparison, bound); a flag is raised when the comparison fails
 THRESHOLDS: dict[str, tuple[str, float]] = {
     "gmv_template_correlation": (">=", GMV_CORRELATION_THRESHOLD),
     "gm_template_dice": (">=", 0.5),
+    "mtl_gm_dice": (">=", MTL_DICE_THRESHOLD),
     "gm_inside_brain_fraction": (">=", 0.9),
     "total_gmv_ml": ("range", 0.0),  # bounds in _GMV_RANGE_ML
     "registration_t1_correlation": (">=", 0.8),
@@ -90,6 +107,25 @@ def gmv_template_correlation(gmv: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+@functools.lru_cache(maxsize=1)
+def mtl_mask() -> np.ndarray:
+    """Medial-temporal region on the SPM grid: the MNI ellipsoids dilated by 3 mm (2 voxels)."""
+    from scipy import ndimage
+
+    mask = ndimage.binary_dilation(ellipsoid_mask(SPM_SHAPE, SPM_AFFINE), iterations=2)
+    mask.setflags(write=False)
+    return mask
+
+
+def mtl_gm_dice(gmd: np.ndarray) -> float:
+    """Dice of ``gmd`` > 0.5 with the template GM > 0.5 inside :func:`mtl_mask`."""
+    roi = mtl_mask()
+    a = np.asarray(gmd)[roi] > 0.5
+    b = reference_gmv()[roi] > 0.5
+    denom = int(a.sum() + b.sum())
+    return float(2.0 * (a & b).sum() / denom) if denom else 0.0
+
+
 def compute_qc(maps: GMMaps) -> QCResult:
     """QC metrics, thresholds and failed-check flags for one pair of maps (backend QC merged in)."""
     gmd = np.nan_to_num(np.asarray(maps.gmd, dtype=np.float64))
@@ -103,6 +139,7 @@ def compute_qc(maps: GMMaps) -> QCResult:
         {
             "gmv_template_correlation": gmv_template_correlation(gmv),
             "gm_template_dice": float(2.0 * (seg & tmpl_gm).sum() / denom) if denom else 0.0,
+            "mtl_gm_dice": mtl_gm_dice(gmd),
             "gm_inside_brain_fraction": float(gmd[brain].sum() / gmd.sum()) if gmd.sum() > 0 else 0.0,
             "total_gmv_ml": float(gmv.sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0),
         }
@@ -111,6 +148,7 @@ def compute_qc(maps: GMMaps) -> QCResult:
     thresholds = {
         "gmv_template_correlation": GMV_CORRELATION_THRESHOLD,
         "gm_template_dice": THRESHOLDS["gm_template_dice"][1],
+        "mtl_gm_dice": MTL_DICE_THRESHOLD,
         "gm_inside_brain_fraction": THRESHOLDS["gm_inside_brain_fraction"][1],
         "total_gmv_ml_min": _GMV_RANGE_ML[0],
         "total_gmv_ml_max": _GMV_RANGE_ML[1],

@@ -84,7 +84,7 @@ def phantom_pair(tmp_path_factory):
     """The same phantom subject without and with a 20% hippocampal atrophy, through the backend.
 
     1.5 mm phantoms keep CI within budget; bench/preproc.py measures the 1 mm case."""
-    from bids_app.preproc._phantom import make_phantom
+    from bids_app.synth.phantom import make_phantom
 
     base = tmp_path_factory.mktemp("ants_pair")
     out = {}
@@ -166,3 +166,18 @@ def test_real_colin27_head(tmp_path):
     # measured 0.844-0.847 with SyN 70x50x10 (0.873 with the former 20 full-resolution iterations,
     # see docs/preprocessing.md); QC flags below 0.8
     assert qc.metrics["registration_t1_correlation"] > 0.82
+
+
+def test_to_ants_is_quiet_about_unitless_headers(capfd):
+    """ANTsPy prints a units warning for every header without units; the backend's images say mm."""
+    import nibabel as nib
+
+    from bids_app.preproc.ants import to_ants
+
+    img = nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.diag([1.5, 1.5, 1.5, 1.0]))
+    assert img.header.get_xyzt_units() == ("unknown", "unknown")
+    ants_img = to_ants(img)
+    out = capfd.readouterr()
+    assert "unknown" not in out.out + out.err
+    assert ants_img.shape == (4, 5, 6) and ants_img.spacing == (1.5, 1.5, 1.5)
+    assert img.header.get_xyzt_units() == ("unknown", "unknown")  # the caller's header is untouched

@@ -84,3 +84,18 @@ def test_backend_flags(good):
 def test_correlation_needs_grid():
     with pytest.raises(ValueError, match="SPM grid"):
         gmv_template_correlation(np.zeros((10, 10, 10)))
+
+
+def test_mtl_dice_flags_a_warp_that_missed_the_medial_temporal_lobe(good):
+    """A map whose medial temporal lobe sits 3 mm off (the rest plausible) fails mtl_gm_dice only there."""
+    from bids_app.qc import MTL_DICE_THRESHOLD, mtl_gm_dice, mtl_mask
+
+    assert mtl_gm_dice(good) > MTL_DICE_THRESHOLD
+    qc = compute_qc(_maps(good))
+    assert "mtl_gm_dice" not in qc.flags and qc.thresholds["mtl_gm_dice"] == MTL_DICE_THRESHOLD
+    missed = good.copy()
+    roi = ndimage.binary_dilation(mtl_mask(), iterations=4)
+    missed[roi] = np.roll(good, 2, axis=2)[roi]
+    qc = compute_qc(_maps(missed))
+    assert qc.metrics["mtl_gm_dice"] < MTL_DICE_THRESHOLD
+    assert "mtl_gm_dice" in qc.flags and "gmv_template_correlation" not in qc.flags

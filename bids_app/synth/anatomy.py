@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ..templates import MTL_ELLIPSOIDS_MM, ellipsoid_mask, mni152_brain_mask, mni152_gm, mni152_wm
+
 __all__ = [
     "MRICRON_DIR",
     "TEMPLATE_NAME",
@@ -36,18 +38,6 @@ TEMPLATE_NAME = "MNI152NLin2009aSym"
 #: AAL (mricron numbering) labels of the medial temporal lobe: hippocampus, parahippocampal gyrus,
 #: amygdala, left and right
 AAL_MTL_LABELS: tuple[int, ...] = (37, 38, 39, 40, 41, 42)
-
-# Fallback MTL ellipsoids (centre mm, semi-axes mm) when AAL is not installed: hippocampus and
-# amygdala centres from the MNI literature (e.g. hippocampal body near (+-28, -22, -14)).
-_MTL_ELLIPSOIDS = (
-    ((-27.0, -22.0, -13.0), (7.0, 18.0, 7.0)),
-    ((28.0, -22.0, -13.0), (7.0, 18.0, 7.0)),
-    ((-23.0, -4.0, -19.0), (7.0, 7.0, 7.0)),
-    ((24.0, -4.0, -19.0), (7.0, 7.0, 7.0)),
-    ((-24.0, -30.0, -20.0), (6.0, 14.0, 5.0)),
-    ((25.0, -30.0, -20.0), (6.0, 14.0, 5.0)),
-)
-
 
 @dataclass(frozen=True)
 class TemplateAnatomy:
@@ -91,12 +81,8 @@ def _resample_to(src: nib.Nifti1Image, shape: tuple[int, ...], affine: np.ndarra
 
 
 def _ellipsoid_mtl(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
-    world = _world_grid(shape, affine).reshape(3, *shape)
-    region = np.zeros(shape, dtype=bool)
-    for centre, radii in _MTL_ELLIPSOIDS:
-        d = sum(((world[i] - centre[i]) / radii[i]) ** 2 for i in range(3))
-        region |= d <= 1.0
-    return region
+    """Fallback MTL region when AAL is not installed: ellipsoids at the structures' MNI positions."""
+    return ellipsoid_mask(shape, affine, MTL_ELLIPSOIDS_MM)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=1)
@@ -105,14 +91,12 @@ def template_anatomy(use_mricron: bool = True) -> TemplateAnatomy:
 
     ``use_mricron=False`` forces the fallbacks (for tests of machines without mricron-data).
     """
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template, load_mni152_wm_template
-
-    gm_img = load_mni152_gm_template(resolution=1)
+    gm_img = mni152_gm()
     shape = tuple(int(s) for s in gm_img.shape[:3])
     affine = np.asarray(gm_img.affine, dtype=np.float64)
-    gm = np.clip(np.asarray(gm_img.get_fdata(), dtype=np.float32), 0, 1)
-    wm = np.clip(np.asarray(load_mni152_wm_template(resolution=1).get_fdata(), dtype=np.float32), 0, 1)
-    brain = np.asarray(load_mni152_brain_mask(resolution=1, threshold=0.2).get_fdata(), dtype=np.float32) > 0.5
+    gm = np.clip(np.asarray(gm_img.dataobj, dtype=np.float32), 0, 1)
+    wm = np.clip(np.asarray(mni152_wm().dataobj, dtype=np.float32), 0, 1)
+    brain = np.asarray(mni152_brain_mask(0.2).dataobj, dtype=np.float32) > 0.5
     brain = ndimage.binary_fill_holes(brain | (gm + wm > 0.3))
     # Soft brain edge so that CSF fills the space between tissue and skull.
     brain_p = np.clip(ndimage.gaussian_filter(brain.astype(np.float32), 0.7), 0, 1)

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from .._io import atomic_path
 from ..grid import to_grid
-from ._templates import template_priors_1mm, template_t1_1mm
+from ..templates import template_priors_1mm, template_t1_1mm
 
 __all__ = ["AAL_PATH", "Phantom", "hippocampus_mask_1mm", "make_phantom"]
 
@@ -195,7 +195,6 @@ def make_phantom(
     t1 = sample(head)
     gm_native = sample(gm_t)
     hip_native = sample(H)
-    del t_vox
 
     # bias field (+-15%) and Rician noise
     bias_coarse = ndimage.gaussian_filter(rng.standard_normal((4, 4, 4)), 0.8)
