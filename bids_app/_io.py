@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "safe_join", "sha256_file"]
+__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "safe_join", "sha256_file", "tsv_bool"]
 
 
 @contextlib.contextmanager
@@ -88,3 +88,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def tsv_bool(value: Any) -> bool:
+    """A boolean cell of a table the app wrote: True only for a recorded True.
+
+    pandas reads the app's ``True`` / ``False`` cells as bools, strings or numpy bools depending on
+    the other cells of the column; ``n/a``, empty cells and anything else count as not True.
+    """
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return str(value).strip().lower() == "true"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, NoInputError, UsageError
+from ..types import DEVICE_CHOICES, PRECISION_CHOICES, TASK_CHOICES
 from .parser import positive_int
 
 __all__ = ["add_parser", "run"]
@@ -30,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
 
     imp = sub.add_parser("import-keras", help="convert Keras full-model H5 files (one per fold) into a model package")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE.h5")
-    imp.add_argument("--task", required=True, choices=("sex", "ad"))
+    imp.add_argument("--task", required=True, choices=TASK_CHOICES)
     imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="package directory to write")
     imp.add_argument("--name", default=None)
     imp.add_argument("--version", default=None)
@@ -45,8 +46,8 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("package", type=Path, metavar="PACKAGE_DIR")
     sc.add_argument("--input", required=True, type=Path, metavar="ARRAY.npy")
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
-    sc.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
-    sc.add_argument("--precision", default="auto", choices=("auto", "fp32", "fast", "fused", "bf16"))  # = models.PRECISIONS (torch-free here)
+    sc.add_argument("--device", default="cpu", choices=DEVICE_CHOICES)
+    sc.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)
 

@@ -136,7 +136,7 @@ class OneDNNGraphNet(nn.Module):
             for s in n.inputs:
                 readers.setdefault(s, []).append(n.name)
         by_name = {n.name: n for n in nodes}
-        logit = net._logit_node
+        logit = net.logit_node
 
         def only_reader(name: str) -> Node | None:
             r = readers.get(name, [])
@@ -259,7 +259,7 @@ class OneDNNGraphNet(nn.Module):
         for i, st in enumerate(self._steps, start=1):
             xs = [slots[j] for j in st.inputs]
             if st.kind == "node":
-                out = self.net._run(st.node, xs, final=(i == logit))  # type: ignore[arg-type]
+                out = self.net.run_node(st.node, xs, final=(i == logit))  # type: ignore[arg-type]
             else:
                 out = self._conv(st, xs[0], xs[1] if st.kind == "conv_sum" else None)  # type: ignore[arg-type]
             slots[i] = out

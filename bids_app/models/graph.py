@@ -301,7 +301,7 @@ class GraphNet(nn.Module):
         self.shapes = infer_shapes(nodes, self.input_shape)
         self.nodes: list[Node] = nodes
         self.output_name = nodes[-1].name
-        self.output_activation, self._logit_node = self._find_logit(nodes)
+        self.output_activation, self.logit_node = self._find_logit(nodes)
         if self.shapes[self.output_name] != (1,):
             raise ValueError(f"the output layer {self.output_name!r} must give one unit, gives {self.shapes[self.output_name]}")
         self.layers = nn.ModuleDict()
@@ -362,10 +362,10 @@ class GraphNet(nn.Module):
         self._free_after: list[list[int]] = [[] for _ in self.nodes]
         for slot, i in last_use.items():
             self._free_after[i].append(slot)
-        self._logit_index = index[self._logit_node]
+        self._logit_index = index[self.logit_node]
 
     # ------------------------------------------------------------------ execution
-    def _run(self, node: Node, xs: list[torch.Tensor], *, final: bool) -> torch.Tensor:
+    def run_node(self, node: Node, xs: list[torch.Tensor], *, final: bool) -> torch.Tensor:
         op, c = node.op, node.config
         if op in ("conv3d", "dense"):
             y = self.layers[node.name](xs[0])
@@ -418,7 +418,7 @@ class GraphNet(nn.Module):
         for i in range(1, self._logit_index + 1):
             node = self.nodes[i]
             xs = [slots[j] for j in self._inputs[i]]
-            slots[i] = self._run(node, xs, final=(i == self._logit_index))  # type: ignore[arg-type]
+            slots[i] = self.run_node(node, xs, final=(i == self._logit_index))  # type: ignore[arg-type]
             for j in self._free_after[i]:
                 if j != self._logit_index:
                     slots[j] = None

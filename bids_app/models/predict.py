@@ -20,22 +20,19 @@ deterministic (same input, same thread count -> same scores).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
 import torch
 from torch import nn
 
 from .. import grid
-from ..types import ModelScores
+from ..types import PRECISION_CHOICES, ModelScores, Precision
 from .fast import OneDNNGraphNet, fold_batchnorm, onednn_available
 from .graph import GraphNet
 from .package import ModelPackage, _resolve_device
 
 __all__ = ["Precision", "PRECISIONS", "default_precision", "prepare_networks", "predict", "check_model_input"]
 
-Precision = Literal["auto", "fp32", "fast", "fused", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "fused", "bf16")
+PRECISIONS = PRECISION_CHOICES
 
 
 def default_precision(device: torch.device) -> str:
@@ -69,8 +66,8 @@ def check_model_input(x: np.ndarray) -> np.ndarray:
 def prepare_networks(package: ModelPackage, device: torch.device, precision: str) -> list[nn.Module]:
     """The package's fold networks made ready for ``precision`` on ``device`` (cached on the package)."""
     key = (str(device), precision)
-    if key in package._prepared:
-        return package._prepared[key]
+    if key in package.prepared:
+        return package.prepared[key]
     if precision == "fused" and device.type != "cpu":
         raise ValueError(f"precision 'fused' runs on the CPU only (device {device}); use 'fast' or 'bf16'")
     nets: list[nn.Module] = []
@@ -84,7 +81,7 @@ def prepare_networks(package: ModelPackage, device: torch.device, precision: str
         for p in net.parameters():
             p.requires_grad_(False)
         nets.append(net)
-    package._prepared[key] = nets
+    package.prepared[key] = nets
     return nets
 
 

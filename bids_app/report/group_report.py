@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from .. import RESEARCH_USE_NOTICE, __version__
-from .._io import write_text
+from .._io import tsv_bool, write_text
 from ..errors import NoInputError
 from ..metrics import METRIC_NAMES
 from . import html
@@ -38,10 +38,6 @@ _METRIC_HEADERS = {
     "balanced_accuracy": "BAC",
     "roc_auc": "AUC",
 }
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).strip().lower() == "true"
 
 
 def _with_interval(row: pd.Series, name: str) -> str:
@@ -117,10 +113,10 @@ def write_group_report(output_dir: Path) -> Path:
     rows = predictions.astype(object).where(predictions.notna(), None).to_dict(orient="records")
 
     body = [html.notice(RESEARCH_USE_NOTICE, "danger")]
-    synthetic = sorted({str(r["model_name"]) for r in rows if _truthy(r.get("model_trained_on_synthetic"))})
+    synthetic = sorted({str(r["model_name"]) for r in rows if tsv_bool(r.get("model_trained_on_synthetic"))})
     if synthetic:
         body.append(html.notice(SYNTHETIC_WARNING + " Models: " + ", ".join(synthetic) + ".", "danger"))
-    not_validated = [r for r in rows if not _truthy(r.get("validated_input"))]
+    not_validated = [r for r in rows if not tsv_bool(r.get("validated_input"))]
     if not_validated:
         reasons = sorted({str(r["warnings"]) for r in not_validated if r.get("warnings")})
         body.append(

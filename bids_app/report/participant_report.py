@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from .. import RESEARCH_USE_NOTICE, __version__
-from .._io import safe_join, write_text
+from .._io import safe_join, tsv_bool, write_text
 from ..derivatives import PREDICTION_COLUMNS, failure_path, map_path, predictions_path, read_predictions
 from ..types import T1wUnit
 from . import figures, html
@@ -53,10 +53,6 @@ _PRED_COLUMNS = [
 def participant_report_path(output_dir: Path, unit: T1wUnit) -> Path:
     """``output_dir/reports/<entities>_report.html`` (``reports/`` is in ``.bidsignore``)."""
     return safe_join(output_dir, "reports", f"{unit.prefix}_report.html")
-
-
-def _truthy(value: Any) -> bool:
-    return value is True or str(value).strip().lower() == "true"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -134,10 +130,10 @@ def write_participant_report(output_dir: Path, unit: T1wUnit) -> Path:
     predictions = read_predictions(pred_file) if pred_file.is_file() else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
     rows = predictions.astype(object).where(predictions.notna(), None).to_dict(orient="records")
 
-    if any(_truthy(r.get("model_trained_on_synthetic")) for r in rows):
+    if any(tsv_bool(r.get("model_trained_on_synthetic")) for r in rows):
         body.append(html.notice(SYNTHETIC_WARNING, "danger"))
-    reasons = sorted({str(r.get("warnings")) for r in rows if not _truthy(r.get("validated_input")) and r.get("warnings")})
-    if any(not _truthy(r.get("validated_input")) for r in rows):
+    reasons = sorted({str(r.get("warnings")) for r in rows if not tsv_bool(r.get("validated_input")) and r.get("warnings")})
+    if any(not tsv_bool(r.get("validated_input")) for r in rows):
         body.append(html.notice(NOT_VALIDATED_WARNING + ("; ".join(reasons) or "not recorded"), "warn"))
 
     failure = _read_json(failure_path(output_dir, unit))

@@ -536,7 +536,7 @@ def simulate_dataset(
         faster; for training on the true SPM-grid maps). The truth is identical to a full run's.
     """
     if participants < 1:
-        raise UsageError(f"--participants must be >= 1, got {participants}")
+        raise UsageError(f"the number of participants (--n-participants) must be >= 1, got {participants}")
     if not 1 <= sites <= participants:
         raise UsageError(f"--sites must be between 1 and the number of participants ({participants}), got {sites}")
     out = Path(out)

@@ -18,12 +18,11 @@ that its stems can seed the AD folds without leaking test sites.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import atomic_path, write_json
 from ..errors import InputDataError, UsageError
 from ..metrics import METRIC_NAMES, binary_metrics, subsample_intervals
+from ..types import AD_ARCHITECTURES, TASK_CHOICES, ADArchitecture, DeviceName, TaskName, WeightsDtype
 from .data import collect_cohort, load_inputs, maps_origin
 from .folds import inner_validation_split, site_folds
 from .loop import OptimConfig, evaluate, resolve_device, train_network
@@ -44,6 +44,7 @@ __all__ = [
     "TaskResult",
     "train_cohort",
     "make_card",
+    "task_labels",
     "write_report",
 ]
 
@@ -67,20 +68,22 @@ class TrainConfig:
     width: float = 1.0
     blocks: tuple[int, int, int] = (5, 10, 5)
     dropout: float = 0.5
-    ad_architecture: Literal["irv2_ad_optimised", "irv2_ad_intact"] = "irv2_ad_optimised"
+    ad_architecture: ADArchitecture = "irv2_ad_optimised"
     sex_optim: OptimConfig = DEFAULT_OPTIM["sex"]
     ad_optim: OptimConfig = DEFAULT_OPTIM["ad"]
     seed: int = 0
-    device: str = "auto"
-    weights_dtype: Literal["float32", "float16"] = "float32"
+    device: DeviceName = "auto"
+    weights_dtype: WeightsDtype = "float32"
     name_prefix: str = "vbm-predict"
     version: str = "0.1.0"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if self.ad_architecture not in ("irv2_ad_optimised", "irv2_ad_intact"):
-            raise UsageError(f"--ad-architecture must be irv2_ad_optimised or irv2_ad_intact, got {self.ad_architecture!r}")
+        if self.ad_architecture not in AD_ARCHITECTURES:
+            raise UsageError(
+                f"--ad-architecture must be one of {', '.join(AD_ARCHITECTURES)}; got {self.ad_architecture!r}"
+            )
 
     @property
     def net_params(self) -> dict[str, Any]:
@@ -102,7 +105,7 @@ class TaskResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _labels(rows: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+def task_labels(rows: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(usable row mask, 0/1 labels) for ``task``: sex male = 1; AD = 1, CN = 0 (MCI left out)."""
     if task == "sex":
         col = rows["sex"].astype("string")
@@ -134,7 +137,7 @@ def _cv_task(
 ) -> TaskResult:
     from ..models import build_network
 
-    ok, y = _labels(rows, task)
+    ok, y = task_labels(rows, task)
     arch = "irv2_sex" if task == "sex" else cfg.ad_architecture
     optim = cfg.sex_optim if task == "sex" else cfg.ad_optim
     device = resolve_device(cfg.device)
@@ -279,7 +282,7 @@ def train_cohort(
     out: Path,
     cfg: TrainConfig,
     *,
-    tasks: Sequence[str] = ("sex", "ad"),
+    tasks: Sequence[TaskName] = TASK_CHOICES,
     origin: str | None = None,
     synthetic: bool | None = None,
     progress: bool = False,
@@ -293,8 +296,8 @@ def train_cohort(
     from ..models import save_package
 
     for t in tasks:
-        if t not in ("sex", "ad"):
-            raise UsageError(f"--tasks must be among sex, ad; got {t!r}")
+        if t not in TASK_CHOICES:
+            raise UsageError(f"--tasks must be among {', '.join(TASK_CHOICES)}; got {t!r}")
     if "ad" in tasks and "sex" not in tasks:
         raise UsageError("the AD model is transferred from the sex model: train 'sex' and 'ad' together")
     out = Path(out)
@@ -304,7 +307,7 @@ def train_cohort(
     synthetic = auto_synth if synthetic is None else synthetic
     # folds on the AD labels when AD is trained (its balance matters most), otherwise on sex
     balance_task = "ad" if "ad" in tasks else "sex"
-    ok, y = _labels(rows, balance_task)
+    ok, y = task_labels(rows, balance_task)
     folds = site_folds(rows["participant_id"], rows["site"], np.where(ok, y, 0), cfg.folds,
                        n_allocations=cfg.n_allocations, seed=cfg.seed)
     rows = rows.assign(fold=folds)

@@ -16,13 +16,15 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .._io import atomic_path
+from ..errors import InputDataError, UsageError
+from ..types import OPTIMIZER_CHOICES, OptimizerName
 
 __all__ = ["OptimConfig", "TrainResult", "train_network", "evaluate", "resolve_device", "set_trainable", "recalibrate_batchnorm"]
 
@@ -34,7 +36,7 @@ class OptimConfig:
     """Optimiser settings. Defaults: the reference AD transfer (DESIGN s2: SGD lr 3e-4, Nesterov 0.9,
     decay 1e-3, batch 24, 10 epochs); the sex pretraining used lr 0.01 and decay 3e-3."""
 
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 3e-4
     momentum: float = 0.9
     nesterov: bool = True
@@ -43,14 +45,14 @@ class OptimConfig:
     epochs: int = 10
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZER_CHOICES:
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZER_CHOICES)}; got {self.optimizer!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise UsageError(f"the learning rate must be > 0; got {self.lr}")
         if self.decay < 0:
-            raise ValueError(f"decay must be >= 0, got {self.decay}")
+            raise UsageError(f"the learning-rate decay must be >= 0; got {self.decay}")
         if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
+            raise UsageError(f"--batch-size and --epochs must be >= 1; got {self.batch_size} and {self.epochs}")
 
 
 @dataclass
@@ -172,7 +174,7 @@ def train_network(
     state is saved after every epoch; if it exists the run resumes from it.
     """
     if len(x_train) == 0:
-        raise ValueError("no training data")
+        raise InputDataError("no training data: the training split holds no participant")
     torch.manual_seed(seed)
     net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     params = [p for p in net.parameters() if p.requires_grad]
