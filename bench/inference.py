@@ -69,7 +69,6 @@ def make_files(workdir: Path) -> None:
     if (pkgdir / "ad" / "model.json").exists() and (pkgdir / "sex" / "model.json").exists():
         return
     import tf_keras as keras
-
     from keras_reference import build_keras, randomise_bn
 
     from bids_app.models.keras_import import import_keras
@@ -169,9 +168,9 @@ def main() -> int:
             r["median"] = float(np.median(r["times"]))
             results[mode] = r
     load = os.getloadavg()
-    from bids_app.models.predict import default_precision
-
     import torch
+
+    from bids_app.models.predict import default_precision
 
     print(f"# per participant = 1 sex + 5 AD forward passes; {args.threads} thread(s); {args.rounds} rounds x "
           f"{args.repeats} timed; "

@@ -105,9 +105,9 @@ def to_grid(
 
 @functools.lru_cache(maxsize=1)
 def _template_probabilities() -> tuple[np.ndarray, np.ndarray]:
-    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template
-
     import warnings
+
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_gm_template
 
     with warnings.catch_warnings():  # the binary mask is resampled linearly on purpose, then thresholded
         warnings.filterwarnings("ignore", message="Resampling binary images")

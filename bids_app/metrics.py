@@ -98,10 +98,7 @@ def binary_metrics(y_true: ArrayLike, score: ArrayLike, threshold: float = 0.5) 
     n_neg = int(y.size - n_pos)
     sens = _ratio(tp, n_pos)
     spec = _ratio(tn, n_neg)
-    if n_pos and n_neg:
-        auc = float(roc_auc_score(y, s))
-    else:
-        auc = math.nan
+    auc = float(roc_auc_score(y, s)) if n_pos and n_neg else math.nan
     return {
         "n": float(y.size),
         "n_positive": float(n_pos),

@@ -28,7 +28,6 @@ from .errors import (
     VBMPredictError,
 )
 from .participant import UnitOptions, UnitResult, process_unit
-from .types import T1wUnit
 
 __all__ = [
     "DEMO_MODELS",
@@ -158,7 +157,7 @@ class _UnitLog:
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.handler.emit = lambda record: self.lines.append(fmt.format(record))  # type: ignore[method-assign]
 
-    def __enter__(self) -> "_UnitLog":
+    def __enter__(self) -> _UnitLog:
         logging.getLogger("bids_app").addHandler(self.handler)
         return self
 

@@ -91,7 +91,7 @@ def test_pybids_indexes_outputs(study):
 def test_predictions_match_direct_scoring_and_columns_described(study):
     out = study["out"]
     pk = {t: load_package(study["models"] / t) for t in ("sex", "ad")}
-    for i, name in enumerate(UNITS):
+    for name in UNITS:
         tsvs = list(out.rglob(f"{name}_predictions.tsv"))
         assert len(tsvs) == 1
         table = read_predictions(tsvs[0])

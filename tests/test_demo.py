@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from bids_app.cli import demo_cmd
 from bids_app.grid import make_model_input

@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from .test_group_fixtures import init_output, make_bids, make_unit, prediction_row, write_maps, write_unit
 
 from bids_app._io import write_json
 from bids_app.derivatives import PREDICTION_COLUMNS, failure_path, predictions_path
 from bids_app.errors import NoInputError
 from bids_app.group import EVALUATION_COLUMNS, GROUP_FIGURES, run_group_level
+
+from .conftest import make_bids
+from .group_fixtures import init_output, make_unit, prediction_row, write_maps, write_unit
 
 PARTICIPANTS = (
     "participant_id\tsex\tdiagnosis\tMMSE\n"
@@ -62,7 +64,7 @@ IMAGES = [
 
 
 def build_cohort(root: Path, participants: str | None = PARTICIPANTS) -> tuple[Path, Path]:
-    bids = make_bids(root / "bids", participants)
+    bids = make_bids(root / "bids", participants=participants)
     out = init_output(root / "out", bids)
     for sub, ses, run, ad, sex, validated in IMAGES:
         unit = make_unit(bids, sub, ses, run)
@@ -187,7 +189,7 @@ def test_interval_width_on_a_larger_cohort(tmp_path):
     dx = np.where(np.arange(n) < 50, "AD", "CN")
     score = np.clip(np.where(dx == "AD", rng.normal(0.7, 0.2, n), rng.normal(0.3, 0.2, n)), 0, 1)
     lines = ["participant_id\tdiagnosis"] + [f"sub-{i:03d}\t{d}" for i, d in enumerate(dx)]
-    bids = make_bids(tmp_path / "bids", "\n".join(lines) + "\n")
+    bids = make_bids(tmp_path / "bids", participants="\n".join(lines) + "\n")
     out = init_output(tmp_path / "out", bids)
     for i in range(n):
         unit = make_unit(bids, f"{i:03d}")
@@ -217,7 +219,7 @@ def test_without_labels_no_evaluation_and_stale_outputs_removed(tmp_path):
 
 
 def test_empty_output_dir_is_refused(tmp_path):
-    bids = make_bids(tmp_path / "bids", PARTICIPANTS)
+    bids = make_bids(tmp_path / "bids", participants=PARTICIPANTS)
     out = init_output(tmp_path / "out", bids)
     with pytest.raises(NoInputError, match="run the participant level first"):
         run_group_level(bids, out)
@@ -266,7 +268,7 @@ def test_pybids_indexes_the_output_with_group_files(tmp_path):
 
 
 def test_only_failures_gives_empty_table_and_a_report_listing_them(tmp_path):
-    bids = make_bids(tmp_path / "bids", PARTICIPANTS)
+    bids = make_bids(tmp_path / "bids", participants=PARTICIPANTS)
     out = init_output(tmp_path / "out", bids)
     # the record the participant workflow writes (bids_app.workflows._record_failure)
     write_json(

@@ -175,9 +175,8 @@ def test_public_api_surface():
     for name in ("build_network", "save_package", "load_package", "find_packages", "ModelPackage", "predict",
                  "import_keras", "read_keras_h5", "ARCHITECTURES"):
         assert name in m.__all__ and hasattr(m, name)
-    import sys
-
     import subprocess
+    import sys
 
     code = "import sys, bids_app.models; print('tensorflow' in sys.modules, 'bids' in sys.modules, 'bids_app.cli' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -38,7 +38,7 @@ def test_reference_distribution_is_recorded():
     assert len(values) == REFERENCE_DISTRIBUTION["n"]
     assert mean == pytest.approx(np.mean(values), abs=1e-4)
     assert sd == pytest.approx(np.std(values, ddof=1), abs=1e-4)
-    assert GMV_CORRELATION_THRESHOLD == pytest.approx(mean - 2 * sd, abs=1e-3)
+    assert pytest.approx(mean - 2 * sd, abs=1e-3) == GMV_CORRELATION_THRESHOLD
     assert 0.3 < GMV_CORRELATION_THRESHOLD < mean < 1.0
 
 

@@ -11,8 +11,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from .test_group import build_cohort
-from .test_group_fixtures import make_unit, prediction_row, write_maps, write_unit
 
 from bids_app import RESEARCH_USE_NOTICE
 from bids_app._io import write_json
@@ -21,6 +19,9 @@ from bids_app.errors import NoInputError
 from bids_app.group import run_group_level
 from bids_app.report import write_group_report, write_participant_report
 from bids_app.report.participant_report import NOT_VALIDATED_WARNING, SYNTHETIC_WARNING
+
+from .test_group import build_cohort
+from .group_fixtures import make_unit, prediction_row, write_maps, write_unit
 
 
 class _Refs(HTMLParser):
@@ -128,7 +129,7 @@ def test_group_report(outputs):
 
 
 def test_group_report_needs_the_group_table(tmp_path):
-    with pytest.raises(NoInputError, match="group_predictions.tsv"):
+    with pytest.raises(NoInputError, match=r"group_predictions\.tsv"):
         write_group_report(tmp_path)
 
 

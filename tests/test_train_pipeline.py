@@ -9,7 +9,6 @@ score, that the folds are whole sites, that the AD stems came from the sex netwo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

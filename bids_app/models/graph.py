@@ -161,7 +161,7 @@ class SameConv3d(nn.Conv3d):
         )
         self.keras_padding = padding_mode_keras
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same:
             x = F.pad(x, same_pad_arg(x.shape[2:], self.kernel_size, self.stride, self.dilation))
         return super().forward(x)
@@ -189,7 +189,7 @@ class KerasBatchNorm3d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(
             x,
             self.running_mean,

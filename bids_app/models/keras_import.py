@@ -380,7 +380,7 @@ def _read_weights(path: Path, f: Any, nodes: Sequence[Node], shapes: Mapping[str
         g = mw[lname]
         wnames = [str(w) for w in _s(g.attrs.get("weight_names", []))]
         datasets: list[str] = []
-        g.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)
+        g.visititems(lambda n, o: datasets.append(n) if isinstance(o, h5py.Dataset) else None)  # noqa: B023 (called here)
         unlisted = sorted(set(datasets) - set(wnames))
         if unlisted:
             raise KerasImportError(f"{path}: layer {lname!r} stores arrays {unlisted} that its weight_names do not list")

@@ -139,9 +139,7 @@ class DerivativesBackend:
                 text = str(path.relative_to(self.root))
                 if f"ses-{unit.session}" not in text:
                     return False
-            if unit.run and f"run-{unit.run}" not in path.name:
-                return False
-            return True
+            return not (unit.run and f"run-{unit.run}" not in path.name)
 
         gmd = [p for p in self.root.rglob("wc1*.nii*") if matches(p)]
         gmv = [p for p in self.root.rglob("mwc1*.nii*") if matches(p)]

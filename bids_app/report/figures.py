@@ -100,9 +100,9 @@ def gm_slices_figure(
             centre = [s // 2 for s in vol.shape]
         vmax = float(np.percentile(vol[vol > 0], 99.5)) if (vol > 0).any() else 1.0
         views = (
-            ("sagittal", lambda v: v[centre[0], :, :]),
-            ("coronal", lambda v: v[:, centre[1], :]),
-            ("axial", lambda v: v[:, :, centre[2]]),
+            ("sagittal", lambda v, c=centre: v[c[0], :, :]),
+            ("coronal", lambda v, c=centre: v[:, c[1], :]),
+            ("axial", lambda v, c=centre: v[:, :, c[2]]),
         )
         for col, (view, cut) in enumerate(views):
             ax = axes[row, col]

@@ -93,7 +93,7 @@ def _maps_section(output_dir: Path, unit: T1wUnit) -> tuple[str, dict[str, dict[
         try:
             img = nib.load(path)
             loaded.append((kind, img.get_fdata(dtype="float32"), img.affine))
-        except Exception as exc:  # noqa: BLE001 - any unreadable map is reported, not fatal to the report
+        except Exception as exc:  # any unreadable map is reported, not fatal to the report
             logger.warning("%s: cannot be read (%s); left out of the report", path, exc)
             continue
         side = _read_json(path.with_name(path.name.replace(".nii.gz", ".json")))
@@ -107,7 +107,7 @@ def _maps_section(output_dir: Path, unit: T1wUnit) -> tuple[str, dict[str, dict[
         m = brain_mask()
         if m.shape == loaded[0][1].shape:
             mask = m
-    except Exception as exc:  # noqa: BLE001 - the outline is a visual aid; its absence is logged
+    except Exception as exc:  # the outline is a visual aid; its absence is logged
         logger.warning("brain mask unavailable for the report outline (%s)", exc)
     fig = figures.gm_slices_figure([(k, d) for k, d, _ in loaded], affine, mask, title=unit.prefix)
     caption = (

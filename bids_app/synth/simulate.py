@@ -302,7 +302,7 @@ def _native_grid(tmpl: TemplateAnatomy, site: SiteParams, m: np.ndarray) -> tupl
     in_grid = np.linalg.inv(a3) @ subj
     lo_g = in_grid.min(1) - 4.0 / np.array(site.voxel_size)
     hi_g = in_grid.max(1) + 4.0 / np.array(site.voxel_size)
-    shape = tuple(int(np.ceil(h - l)) for l, h in zip(lo_g, hi_g))
+    shape = tuple(int(np.ceil(hi - lo)) for lo, hi in zip(lo_g, hi_g))
     affine = np.eye(4)
     affine[:3, :3] = a3
     affine[:3, 3] = a3 @ np.floor(lo_g)
