@@ -135,7 +135,7 @@ def grey_mask() -> np.ndarray:
 
 def crop(volume: np.ndarray) -> np.ndarray:
     """Crop the last three axes of ``volume`` (on the SPM grid) to the model's 96 x 120 x 86."""
-    return volume[(..., *CROP)]
+    return volume[(Ellipsis,) + CROP]
 
 
 def uncrop(volume: np.ndarray, fill: float = 0.0) -> np.ndarray:

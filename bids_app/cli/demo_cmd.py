@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     models = demo_models_dir()
     missing = [task for task in ("sex", "ad") if not (models / task / "model.json").is_file()]
     if missing:
-        raise InstallationError(f"the demo models ({', '.join(missing)}) are missing from {models}; reinstall vbm-predict")
+        raise InstallationError(
+            f"the demo models ({', '.join(missing)}) are missing from {models}; reinstall vbm-predict"
+        )
     if not (bids_dir / "dataset_description.json").is_file():
         n = args.n_participants
         print(f"[1/3] simulating {n} synthetic participants in {bids_dir}")

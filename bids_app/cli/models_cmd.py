@@ -35,7 +35,8 @@ def add_parser(subparsers: Any) -> None:
     imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="package directory to write")
     imp.add_argument("--name", default=None)
     imp.add_argument("--version", default=None)
-    imp.add_argument("--synthetic", action="store_true", help="the files were trained on synthetic data (recorded in the card)")
+    imp.add_argument("--synthetic", action="store_true",
+                     help="the files were trained on synthetic data (recorded in the card)")
     imp.add_argument("--preprocessing", nargs="*", default=None, metavar="BACKEND",
                      help="preprocessing backends the model was validated for (e.g. clinica ants)")
     imp.add_argument("--data", default=None, help="description of the training data for the card")

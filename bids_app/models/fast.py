@@ -152,7 +152,8 @@ class OneDNNGraphNet(nn.Module):
         # residual nodes fused with their conv branch: residual name -> conv name
         sum_fused: dict[str, str] = {}
         for n in nodes:
-            if n.op == "residual" and fusable_conv(n.inputs[1]) and by_name[n.inputs[1]].config.get("activation", "linear") == "linear":
+            linear_conv = by_name[n.inputs[1]].config.get("activation", "linear") == "linear"
+            if n.op == "residual" and fusable_conv(n.inputs[1]) and linear_conv:
                 conv = n.inputs[1]
                 if only_reader(conv) is n and n.inputs[0] != conv:
                     sum_fused[n.name] = conv
@@ -202,7 +203,14 @@ class OneDNNGraphNet(nn.Module):
         self._logit_slot = slot_of[logit]
 
     def _conv_step(
-        self, node: Node, conv_name: str, data_inputs: list[str], kind: str, scale: float, unary: str | None, slot_of: dict[str, int]
+        self,
+        node: Node,
+        conv_name: str,
+        data_inputs: list[str],
+        kind: str,
+        scale: float,
+        unary: str | None,
+        slot_of: dict[str, int],
     ) -> _Step:
         net = self.net
         conv = net.layers[conv_name]
@@ -220,7 +228,9 @@ class OneDNNGraphNet(nn.Module):
             b = b * scale if b is not None else None
         padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
         w = w.contiguous(memory_format=torch.channels_last_3d)
-        packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, 1, [1, src_shape[0], *in_spatial])
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w, padding, stride, dilation, 1, [1, src_shape[0], *in_spatial]
+        )
         return _Step(
             node,
             [slot_of[s] for s in data_inputs],

@@ -95,7 +95,8 @@ def nodes_from_spec(spec: Iterable[Mapping[str, Any]]) -> list[Node]:
     out = []
     for i, item in enumerate(spec):
         try:
-            out.append(Node(str(item["name"]), str(item["op"]), tuple(item.get("inputs", ())), dict(item.get("config", {}))))
+            inputs, config = tuple(item.get("inputs", ())), dict(item.get("config", {}))
+            out.append(Node(str(item["name"]), str(item["op"]), inputs, config))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"graph node #{i} is malformed ({exc!r}): {item!r}") from None
     return out
@@ -175,7 +176,9 @@ class KerasBatchNorm3d(nn.Module):
     ``momentum`` m (moving = m * moving + (1 - m) * batch) is PyTorch's ``1 - m``.
     """
 
-    def __init__(self, channels: int, *, epsilon: float = 1e-3, momentum: float = 0.99, center: bool = True, scale: bool = False) -> None:
+    def __init__(
+        self, channels: int, *, epsilon: float = 1e-3, momentum: float = 0.99, center: bool = True, scale: bool = False
+    ) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
@@ -303,7 +306,9 @@ class GraphNet(nn.Module):
         self.output_name = nodes[-1].name
         self.output_activation, self.logit_node = self._find_logit(nodes)
         if self.shapes[self.output_name] != (1,):
-            raise ValueError(f"the output layer {self.output_name!r} must give one unit, gives {self.shapes[self.output_name]}")
+            raise ValueError(
+                f"the output layer {self.output_name!r} must give one unit, gives {self.shapes[self.output_name]}"
+            )
         self.layers = nn.ModuleDict()
         for node in nodes:
             mod = self._make_module(node)

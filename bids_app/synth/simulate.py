@@ -342,7 +342,9 @@ def _save_nifti(path: Path, img: nib.Nifti1Image) -> None:
         nib.save(img, tmp)
 
 
-def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False) -> dict[str, Any]:
+def _simulate_subject(
+    out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False
+) -> dict[str, Any]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index]))
     tmpl = template_anatomy()
     warp = _make_warp(tmpl, subj, rng)
@@ -413,7 +415,10 @@ def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: in
             "VentricleExpansion": subj.ventricle_expansion,
         },
     )
-    native_gm_ml, native_shape = (math.nan, "n/a") if maps_only else _write_native(out, site, subj, tmpl, warp, m, t1_t, gm_s, rng)
+    if maps_only:
+        native_gm_ml, native_shape = math.nan, "n/a"
+    else:
+        native_gm_ml, native_shape = _write_native(out, site, subj, tmpl, warp, m, t1_t, gm_s, rng)
     return {
         "participant_id": pid,
         "native_gm_volume_ml": round(native_gm_ml, 3),
@@ -444,7 +449,9 @@ def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: Templa
     del yc
     t1 *= _bias(shape_n, site.bias_amplitude, rng)
     sd = site.noise_sd
-    t1 = np.sqrt((t1 + rng.normal(0, sd, shape_n).astype(np.float32)) ** 2 + rng.normal(0, sd, shape_n).astype(np.float32) ** 2)
+    real = t1 + rng.normal(0, sd, shape_n).astype(np.float32)
+    imag = rng.normal(0, sd, shape_n).astype(np.float32)
+    t1 = np.sqrt(real**2 + imag**2)
     t1 = np.clip(np.round(t1 * 1000.0 * site.gain), 0, 32767).astype(np.int16)
 
     pid = subj.participant_id

@@ -87,7 +87,8 @@ class TrainConfig:
 
     @property
     def net_params(self) -> dict[str, Any]:
-        return {"width": float(self.width), "blocks": [int(b) for b in self.blocks], "in_channels": 2, "dropout": float(self.dropout)}
+        return {"width": float(self.width), "blocks": [int(b) for b in self.blocks], "in_channels": 2,
+                "dropout": float(self.dropout)}
 
 
 @dataclass
@@ -147,7 +148,8 @@ def _cv_task(
         test = ok & (fold_of_row == k)
         pool = ok & (fold_of_row != k)
         pool_idx = np.flatnonzero(pool)
-        val_mask = inner_validation_split(rows["participant_id"].to_numpy()[pool_idx], y[pool_idx], cfg.val_fraction, seed=cfg.seed + k)
+        pool_ids = rows["participant_id"].to_numpy()[pool_idx]
+        val_mask = inner_validation_split(pool_ids, y[pool_idx], cfg.val_fraction, seed=cfg.seed + k)
         tr_idx, va_idx, te_idx = pool_idx[~val_mask], pool_idx[val_mask], np.flatnonzero(test)
         assert not set(rows["participant_id"].iloc[te_idx]) & set(rows["participant_id"].iloc[pool_idx])
         if len(tr_idx) == 0:
@@ -155,10 +157,11 @@ def _cv_task(
         done = ckdir / f"{task}_fold{k}_best.pt"
         if done.is_file():
             saved = torch.load(done, map_location="cpu", weights_only=True)
-            state, best_epoch, best_val, history = saved["state"], int(saved["best_epoch"]), float(saved["best_val"]), saved["history"]
+            state, history = saved["state"], saved["history"]
+            best_epoch, best_val = int(saved["best_epoch"]), float(saved["best_val"])
             net = build_network(arch, **cfg.net_params)
             net.load_state_dict(state)
-            net.to(device).to(memory_format=torch.channels_last_3d)
+            net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             _log.info("%s fold %d: finished earlier, loaded %s", task, k, done)
         else:
             torch.manual_seed(cfg.seed * 1000 + k)
@@ -174,7 +177,10 @@ def _cv_task(
             with atomic_path(done, suffix=".pt") as tmp:
                 torch.save({"state": state, "best_epoch": best_epoch, "best_val": best_val, "history": history}, tmp)
         states.append(state)
-        scores, test_loss = evaluate(net, x[te_idx], y[te_idx].astype(np.float32), device) if len(te_idx) else (np.array([]), math.nan)
+        if len(te_idx):
+            scores, test_loss = evaluate(net, x[te_idx], y[te_idx].astype(np.float32), device)
+        else:
+            scores, test_loss = np.array([]), math.nan
         m = _metric_row(y[te_idx], scores)
         fold_rows.append(
             {"fold": k, "test_sites": ";".join(sorted(set(rows["site"].iloc[te_idx]))) or "n/a",
@@ -200,7 +206,8 @@ def _pooled(preds: pd.DataFrame, seed: int) -> pd.DataFrame:
     vals = binary_metrics(y, s, 0.5)
     ci = subsample_intervals(y, s, 0.5, seed=seed)
     return pd.DataFrame([{"metric": k, "value": v, "ci_low": ci.get(k, (math.nan,) * 2)[0],
-                          "ci_high": ci.get(k, (math.nan,) * 2)[1], "n": len(y)} for k, v in vals.items() if k in METRIC_NAMES])
+                          "ci_high": ci.get(k, (math.nan,) * 2)[1], "n": len(y)}
+                         for k, v in vals.items() if k in METRIC_NAMES])
 
 
 def make_card(result: TaskResult, cfg: TrainConfig, *, origin: str, synthetic: bool, data_note: str) -> dict[str, Any]:
@@ -237,7 +244,8 @@ def make_card(result: TaskResult, cfg: TrainConfig, *, origin: str, synthetic: b
         "thresholds": thresholds,
         "training": training,
         "metrics": metrics,
-        "licence": ("Apache-2.0; " + SYNTHETIC_NOTE if synthetic else "as the training data allow") + ". " + RESEARCH_USE_NOTICE,
+        "licence": ("Apache-2.0; " + SYNTHETIC_NOTE if synthetic else "as the training data allow")
+        + ". " + RESEARCH_USE_NOTICE,
         "provenance": {"folds": "one network per leave-sites-out fold; the app averages their scores"},
     }
 
@@ -253,7 +261,8 @@ def write_report(out: Path, results: Sequence[TaskResult]) -> list[Path]:
     rep = out / "report"
     written = []
     for r in results:
-        for name, table in (("folds", r.fold_table), ("pooled", r.pooled), ("predictions", r.predictions), ("history", r.history)):
+        tables = (("folds", r.fold_table), ("pooled", r.pooled), ("predictions", r.predictions), ("history", r.history))
+        for name, table in tables:
             p = rep / f"{r.task}_{name}.tsv"
             with atomic_path(p, suffix=".tsv") as tmp:
                 table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
@@ -313,7 +322,8 @@ def train_cohort(
     rows = rows.assign(fold=folds)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "report" / "folds_sites.tsv", suffix=".tsv") as tmp:
-        rows[["participant_id", "prefix", "site", "fold", "sex", "diagnosis"]].to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+        columns = ["participant_id", "prefix", "site", "fold", "sex", "diagnosis"]
+        rows[columns].to_csv(tmp, sep="\t", index=False, na_rep="n/a")
     x = load_inputs(rows, progress=progress)
     results = []
     sex_res = _cv_task("sex", rows, x, folds, cfg, out, stems=None, progress=progress)

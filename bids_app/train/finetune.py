@@ -44,12 +44,13 @@ def frozen_modules(net: torch.nn.Module, freeze: FreezeName) -> list[torch.nn.Mo
     stem_names = set(getattr(net, "stem_names", ()))
     if not stem_names:
         raise UsageError("--freeze low/high needs a network with a stem (irv2_* architectures)")
-    stem_mods = list(net.stem.values())  # type: ignore[union-attr]
+    stem_mods = list(net.stem.values())  # type: ignore[operator]
     if freeze == "low":
         return stem_mods
     if freeze == "high":
         stem_ids = {id(p) for m in stem_mods for p in m.parameters()}
-        return [m for m in net.modules() if list(m.parameters(recurse=False)) and not any(id(p) in stem_ids for p in m.parameters(recurse=False))]
+        return [m for m in net.modules() if list(m.parameters(recurse=False))
+                and not any(id(p) in stem_ids for p in m.parameters(recurse=False))]
     raise UsageError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}; got {freeze!r}")
 
 
@@ -89,7 +90,10 @@ def finetune_package(
     ok, y = task_labels(rows, pkg.task)
     rows, y = rows[ok].reset_index(drop=True), y[ok]
     if len(rows) < 4 or len(set(y.tolist())) < 2:
-        raise InputDataError(f"{participants_tsv}: fine-tuning needs at least 4 labelled participants of both classes for task {pkg.task!r}")
+        raise InputDataError(
+            f"{participants_tsv}: fine-tuning needs at least 4 labelled participants of both classes "
+            f"for task {pkg.task!r}"
+        )
     tune = inner_validation_split(rows["participant_id"].to_numpy(), y, fraction, seed=seed)
     tune_idx, test_idx = np.flatnonzero(tune), np.flatnonzero(~tune)
     val_mask = np.zeros(len(tune_idx), dtype=bool)
@@ -105,11 +109,13 @@ def finetune_package(
         before, _ = evaluate(net.to(dev), x[test_idx], None, dev)
         set_trainable(net, frozen_modules(net, freeze))
         res = train_network(net, x[tr_idx], y[tr_idx], x[va_idx], y[va_idx], optim, device=dev, seed=seed + k,
-                            checkpoint=out / "checkpoints" / f"fold{k}.pt", progress=progress, desc=f"finetune fold {k}")
+                            checkpoint=out / "checkpoints" / f"fold{k}.pt", progress=progress,
+                            desc=f"finetune fold {k}")
         after, _ = evaluate(net, x[test_idx], None, dev)
         states.append(res.best_state)
         mb, ma = binary_metrics(y[test_idx], before), binary_metrics(y[test_idx], after)
-        table.append({"fold": k, "n_tune": len(tr_idx), "n_val": len(va_idx), "n_test": len(test_idx), "best_epoch": res.best_epoch,
+        table.append({"fold": k, "n_tune": len(tr_idx), "n_val": len(va_idx), "n_test": len(test_idx),
+                      "best_epoch": res.best_epoch,
                       **{f"before_{m}": mb[m] for m in ("accuracy", "balanced_accuracy", "roc_auc")},
                       **{f"after_{m}": ma[m] for m in ("accuracy", "balanced_accuracy", "roc_auc")}})
     tab = pd.DataFrame(table)

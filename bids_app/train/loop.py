@@ -16,7 +16,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,15 @@ from .._io import atomic_path
 from ..errors import InputDataError, UsageError
 from ..types import OPTIMIZER_CHOICES, OptimizerName
 
-__all__ = ["OptimConfig", "TrainResult", "train_network", "evaluate", "resolve_device", "set_trainable", "recalibrate_batchnorm"]
+__all__ = [
+    "OptimConfig",
+    "TrainResult",
+    "train_network",
+    "evaluate",
+    "resolve_device",
+    "set_trainable",
+    "recalibrate_batchnorm",
+]
 
 _log = logging.getLogger("bids_app.train")
 
@@ -102,8 +110,9 @@ def recalibrate_batchnorm(net: nn.Module, x: np.ndarray, device: torch.device, b
     (momentum 1/(t+1) at batch t) gives the population statistics of the current weights.
     BatchNorm layers whose parameters are frozen keep theirs.
     """
-    bns = [m for m in net.modules() if hasattr(m, "running_mean") and hasattr(m, "momentum")
-           and any(p.requires_grad for p in m.parameters(recurse=False))]
+    # Any: torch's and the Keras-style BatchNorm both have running_mean, running_var and momentum
+    bns: list[Any] = [m for m in net.modules() if hasattr(m, "running_mean") and hasattr(m, "momentum")
+                      and any(p.requires_grad for p in m.parameters(recurse=False))]
     if not bns or len(x) == 0:
         return
     saved = [m.momentum for m in bns]
@@ -134,7 +143,9 @@ def _to_device(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Te
     return xb.contiguous(memory_format=torch.channels_last_3d)
 
 
-def evaluate(net: nn.Module, x: np.ndarray, y: np.ndarray | None, device: torch.device, batch_size: int = 4) -> tuple[np.ndarray, float]:
+def evaluate(
+    net: nn.Module, x: np.ndarray, y: np.ndarray | None, device: torch.device, batch_size: int = 4
+) -> tuple[np.ndarray, float]:
     """Sigmoid scores of ``net`` on ``x`` and the mean BCE loss against ``y`` (nan without ``y``)."""
     net.eval()
     scores = np.empty(len(x), dtype=np.float64)
@@ -179,7 +190,9 @@ def train_network(
     net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     params = [p for p in net.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov
+        )
     else:
         opt = torch.optim.Adam(params, lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + config.decay * t))
@@ -235,7 +248,8 @@ def train_network(
             best_val = val_loss if len(x_val) else math.nan
             best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        _log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", desc, epoch, train_loss, val_loss, val_acc)
+        _log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f",
+                  desc, epoch, train_loss, val_loss, val_acc)
         if checkpoint is not None:
             _save_checkpoint(
                 Path(checkpoint),
