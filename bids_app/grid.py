@@ -23,6 +23,7 @@ from typing import Literal
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 __all__ = [
     "SPM_SHAPE",
@@ -67,13 +68,13 @@ MASK_PROVENANCE = {
 }
 
 
-def is_on_grid(img: nib.spatialimages.SpatialImage, atol: float = 1e-3) -> bool:
+def is_on_grid(img: SpatialImage, atol: float = 1e-3) -> bool:
     """True when ``img`` already has the SPM grid's shape and affine (no resampling needed)."""
     return tuple(img.shape[:3]) == SPM_SHAPE and np.allclose(img.affine, SPM_AFFINE, atol=atol)
 
 
 def to_grid(
-    img: nib.spatialimages.SpatialImage,
+    img: SpatialImage,
     interpolation: Literal["continuous", "linear", "nearest"] = "linear",
 ) -> np.ndarray:
     """Return ``img``'s data on the SPM grid as float32 (resampled only when needed).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Protocol, get_args, runtime_checkable
+from typing import Any, Literal, Mapping, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
@@ -223,7 +223,10 @@ class PreprocBackend(Protocol):
     second call with the same ``work_dir`` may reuse finished steps (resume after a kill).
     """
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """The backend's name (``clinica``, ``ants``, ``derivatives``), written into every output."""
+        ...
 
     def available(self) -> bool:
         """True when the backend's external tools are installed."""

@@ -10,12 +10,13 @@ themselves on a CPU. The rewritten graph keeps the conv layers' Keras names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import GraphNet, Node, same_pad_arg
+from .graph import GraphNet, Node, SameConv3d, same_pad_arg
 
 __all__ = ["fold_batchnorm", "OneDNNGraphNet", "onednn_available"]
 
@@ -195,10 +196,10 @@ class OneDNNGraphNet(nn.Module):
         # Free every slot after its last reader (the logit slot is returned).
         last: dict[int, int] = {}
         for i, st in enumerate(steps):
-            for s in st.inputs:
-                last[s] = i
-        for s, i in last.items():
-            steps[i].free_after.append(s)
+            for slot in st.inputs:
+                last[slot] = i
+        for slot, i in last.items():
+            steps[i].free_after.append(slot)
         self._steps = steps
         self._logit_slot = slot_of[logit]
 
@@ -213,7 +214,7 @@ class OneDNNGraphNet(nn.Module):
         slot_of: dict[str, int],
     ) -> _Step:
         net = self.net
-        conv = net.layers[conv_name]
+        conv = cast(SameConv3d, net.layers[conv_name])
         src_shape = net.shapes[data_inputs[0]]
         pre_pad: list[int] | None = None
         in_spatial = list(src_shape[1:])
@@ -226,7 +227,9 @@ class OneDNNGraphNet(nn.Module):
         if scale != 1.0:
             w = w * scale
             b = b * scale if b is not None else None
-        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
+        # SameConv3d always hands Conv3d numeric pads (its 'same' rule is applied separately)
+        padding = [int(p) for p in cast("tuple[int, ...]", conv.padding)]
+        stride, dilation = list(conv.stride), list(conv.dilation)
         w = w.contiguous(memory_format=torch.channels_last_3d)
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             w, padding, stride, dilation, 1, [1, src_shape[0], *in_spatial]
@@ -276,6 +279,6 @@ class OneDNNGraphNet(nn.Module):
             for j in st.free_after:
                 if j != logit:
                     slots[j] = None
-        out = slots[logit]
-        assert out is not None
-        return out.reshape(out.shape[0])
+        logits = slots[logit]
+        assert logits is not None
+        return logits.reshape(logits.shape[0])

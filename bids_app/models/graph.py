@@ -108,7 +108,7 @@ def _triple(v: int | Sequence[int], what: str) -> tuple[int, int, int]:
     t = tuple(int(a) for a in v)
     if len(t) != 3:
         raise ValueError(f"{what} must be an int or 3 ints, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def _same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
@@ -184,6 +184,8 @@ class KerasBatchNorm3d(nn.Module):
             raise ValueError(f"channels must be >= 1, got {channels}")
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
         self.channels = channels
         self.epsilon = float(epsilon)
         self.momentum = float(momentum)

@@ -205,7 +205,7 @@ def _check_params(
         raise ValueError(f"in_channels must be a positive integer; got {in_channels!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
-    return b  # type: ignore[return-value]
+    return b
 
 
 def irv2_nodes(

@@ -254,7 +254,7 @@ def _layer_to_node(path: Path, layer: Mapping[str, Any], inputs: list[str]) -> N
                 f"arguments {{'scale': number}}, name block35_/block17_/block8_<n>); got arguments {args!r} and "
                 f"{len(inputs)} input(s). Lambda code in a model file is never executed, so other Lambdas cannot be imported."
             )
-        return Node(name, "residual", tuple(inputs), {"scale": float(scale)})
+        return Node(name, "residual", tuple(inputs), {"scale": float(scale)})  # type: ignore[arg-type]  # checked
     if cls == "GlobalAveragePooling3D":
         _channels_last(path, name, cfg)
         if cfg.get("keepdims"):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from ..errors import InputDataError, NoInputError, NoMatchError
 from ..grid import SPM_SHAPE, is_on_grid, to_grid
@@ -50,7 +51,7 @@ def load_map(path: Path) -> tuple[np.ndarray, bool]:
         data = to_grid(img)
     except InputDataError:
         raise
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, ValueError, ImageFileError) as exc:
         raise InputDataError(f"{path}: cannot read this GM map ({exc})") from exc
     if not np.isfinite(data).any() or not np.nanmax(np.abs(data)) > 0:
         raise InputDataError(f"{path}: the GM map is empty (all zero or NaN) on the SPM grid")

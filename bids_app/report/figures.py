@@ -172,9 +172,9 @@ def mmse_scatter_figure(
     fig = new_figure(4.2 * n, 3.8)
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (title, mmse, score, dx, rho, p) in zip(axes, panels):
-        dx = np.asarray(dx, dtype=object)
-        for name in dict.fromkeys(dx.tolist()):
-            sel = dx == name
+        diagnoses = np.asarray(dx, dtype=object)
+        for name in dict.fromkeys(diagnoses.tolist()):
+            sel = diagnoses == name
             ax.scatter(np.asarray(mmse)[sel], np.asarray(score)[sel], s=14, alpha=0.8,
                        color=LABEL_COLOURS.get(name, "#34495e"), label=f"{name} (n={int(sel.sum())})")
         ax.set_xlabel("MMSE")

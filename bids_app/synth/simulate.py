@@ -107,6 +107,11 @@ class SubjectParams:
     warp_mm: float  # SD of the random smooth displacement
 
 
+def _three(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
 def draw_sites(sites: int, seed: int) -> list[SiteParams]:
     """Draw ``sites`` acquisition protocols from ``seed`` (deterministic)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA11]))
@@ -124,9 +129,9 @@ def draw_sites(sites: int, seed: int) -> list[SiteParams]:
                 manufacturer=vendor,
                 model=model,
                 field_strength=field,
-                voxel_size=tuple(float(v) for v in vox),
+                voxel_size=_three(vox),
                 axcodes=axc,
-                obliquity_deg=tuple(float(a) for a in np.round(rng.uniform(-6, 6, 3), 2)),
+                obliquity_deg=_three(np.round(rng.uniform(-6, 6, 3), 2)),
                 bias_amplitude=float(rng.uniform(0.05, 0.25 if field > 2 else 0.15)),
                 noise_sd=float(rng.uniform(0.015, 0.03) * (1.5 if field < 2 else 1.0)),
                 gm_contrast=float(rng.uniform(0.55, 0.68) + (0.04 if field < 2 else 0.0)),

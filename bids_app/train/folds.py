@@ -11,6 +11,8 @@ A participant belongs to exactly one site (checked), so no participant is ever s
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import ArrayLike
 
@@ -116,7 +118,7 @@ def inner_validation_split(
     pids = np.asarray(participant_ids, dtype=object)
     y = np.asarray(labels, dtype=int)
     rng = np.random.default_rng(seed)
-    per_pid: dict[object, int] = {}
+    per_pid: dict[Any, int] = {}
     for p, lab in zip(pids, y):
         per_pid.setdefault(p, lab)
     chosen: set = set()
