@@ -98,7 +98,8 @@ def run_mode(mode: str, workdir: Path, repeats: int, threads: int) -> dict:
         tf.config.threading.set_inter_op_parallelism_threads(1)
         import tf_keras as keras
 
-        models = [keras.models.load_model(workdir / "h5" / f, compile=False, safe_mode=False) for f in [SEX_FILE, *AD_FILES]]
+        models = [keras.models.load_model(workdir / "h5" / f, compile=False, safe_mode=False)
+                  for f in [SEX_FILE, *AD_FILES]]
         xc = tf.constant(np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
         fns = [tf.function(lambda t, m=m: m(t, training=False)) for m in models]
 
@@ -150,8 +151,8 @@ def main() -> int:
     results: dict[str, dict] = {}
     for _ in range(args.rounds):
         for mode in args.modes:
-            cmd = [sys.executable, __file__, "--_child", mode, "--workdir", str(workdir), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
+            cmd = [sys.executable, __file__, "--_child", mode, "--workdir", str(workdir),
+                   "--repeats", str(args.repeats), "--threads", str(args.threads)]
             out = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode != 0 or not lines:
@@ -179,7 +180,8 @@ def main() -> int:
     base = results.get("fp32")
     if base:
         print(f"# fp32 scores (sex, AD folds 0-4): {' '.join(f'{v:.4f}' for v in base['scores'])}")
-    print(f"{'mode':10s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} {'peak GB':>8s} {'max |d score|':>14s}")
+    print(f"{'mode':10s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} "
+          f"{'peak GB':>8s} {'max |d score|':>14s}")
     for mode, r in results.items():
         vs_fp32 = base["median"] / r["median"] if base else float("nan")
         vs_tf = results["tf-keras"]["median"] / r["median"] if "tf-keras" in results else float("nan")

@@ -51,7 +51,9 @@ def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectRep
     return report
 
 
-def write_t1w(path: Path, *, shape=(48, 56, 48), zooms=(4.0, 4.0, 4.0), seed: int = 0, data: np.ndarray | None = None) -> Path:
+def write_t1w(
+    path: Path, *, shape=(48, 56, 48), zooms=(4.0, 4.0, 4.0), seed: int = 0, data: np.ndarray | None = None
+) -> Path:
     """A small but real 3D T1w-like image (an ellipsoid 'head' with noise) in RAS+ world space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if data is None:

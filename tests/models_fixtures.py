@@ -25,7 +25,8 @@ def gm_like_inputs(n: int, seed: int = 0) -> np.ndarray:
         field = ndimage.gaussian_filter(rng.normal(0.0, 1.0, grid.SPM_SHAPE), sigma=8).astype(np.float32)
         field /= np.abs(field).max() + 1e-6
         gmd = np.clip(gm * (1.0 + 0.15 * field), 0.0, 1.0)
-        jac = 1.0 + 0.2 * ndimage.gaussian_filter(rng.normal(0.0, 1.0, grid.SPM_SHAPE), sigma=10).astype(np.float32) * 10
+        smooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, grid.SPM_SHAPE), sigma=10).astype(np.float32)
+        jac = 1.0 + 0.2 * smooth * 10
         gmv = gmd * np.clip(jac, 0.5, 1.5)
         out.append(grid.make_model_input(gmd, gmv))
     return np.stack(out).astype(np.float32)

@@ -99,7 +99,8 @@ def test_import_keras_command(tmp_path, capsys):
     p = load_package(tmp_path / "pkg")
     assert p.trained_on_synthetic and p.validated_preprocessing == ("ants",) and p.version == "3"
     with pytest.raises(NoInputError, match="Keras H5 file not found"):
-        models_cmd.run(parse(["models", "import-keras", str(tmp_path / "nope.h5"), "--task", "ad", "--out", str(tmp_path / "x")]))
+        models_cmd.run(parse(["models", "import-keras", str(tmp_path / "nope.h5"), "--task", "ad",
+                              "--out", str(tmp_path / "x")]))
 
 
 def test_convert_weights_script_fails_loudly_on_a_missing_file(tmp_path):

@@ -261,7 +261,8 @@ def test_wrong_shape_is_refused(tf_files, tmp_path):
         g.create_dataset(wname, data=arr[:2])
 
     p = _edit_copy(src, tmp_path / "m.h5", reshape)
-    with pytest.raises(KerasImportError, match=r"layer 'conv2': weight 'kernel' has shape \(2, 3, 3, 32, 32\), expected \(3, 3, 3, 32, 32\)"):
+    expected = r"layer 'conv2': weight 'kernel' has shape \(2, 3, 3, 32, 32\), expected \(3, 3, 3, 32, 32\)"
+    with pytest.raises(KerasImportError, match=expected):
         read_keras_h5(p)
 
 

@@ -20,8 +20,8 @@ from bids_app.group import run_group_level
 from bids_app.report import write_group_report, write_participant_report
 from bids_app.report.participant_report import NOT_VALIDATED_WARNING, SYNTHETIC_WARNING
 
-from .test_group import build_cohort
 from .group_fixtures import make_unit, prediction_row, write_maps, write_unit
+from .test_group import build_cohort
 
 
 class _Refs(HTMLParser):

@@ -117,7 +117,8 @@ def paired_truth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
                                mtl_gm_loss=0.0, ventricle_expansion=0.01, head_scale=0.98)
     variants = {
         "cn_f": base,
-        "ad_f": dataclasses.replace(base, diagnosis="AD", mmse=16, severity=0.7, mtl_gm_loss=0.315, ventricle_expansion=0.09),
+        "ad_f": dataclasses.replace(base, diagnosis="AD", mmse=16, severity=0.7, mtl_gm_loss=0.315,
+                                    ventricle_expansion=0.09),
         "cn_m": dataclasses.replace(base, sex="M", head_scale=1.03),
     }
     maps = {}
