@@ -28,6 +28,7 @@ from .errors import (
     VBMPredictError,
 )
 from .participant import UnitOptions, UnitResult, process_unit
+from .types import DeviceName, PreprocName
 
 __all__ = [
     "DEMO_MODELS",
@@ -173,10 +174,10 @@ def run_participant_level(
     participant_labels: Sequence[str] = (),
     session_labels: Sequence[str] = (),
     work_dir: Path | None = None,
-    preproc: str = "auto",
+    preproc: PreprocName = "auto",
     derivatives_dir: Path | None = None,
     models: str | Path | None = None,
-    device: str = "auto",
+    device: DeviceName = "auto",
     ad_threshold: float = 0.5,
     nprocs: int = 1,
     skip_validation: bool = False,
