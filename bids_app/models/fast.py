@@ -153,8 +153,11 @@ class OneDNNGraphNet(nn.Module):
         # residual nodes fused with their conv branch: residual name -> conv name
         sum_fused: dict[str, str] = {}
         for n in nodes:
-            linear_conv = by_name[n.inputs[1]].config.get("activation", "linear") == "linear"
-            if n.op == "residual" and fusable_conv(n.inputs[1]) and linear_conv:
+            if (
+                n.op == "residual"
+                and fusable_conv(n.inputs[1])
+                and by_name[n.inputs[1]].config.get("activation", "linear") == "linear"
+            ):
                 conv = n.inputs[1]
                 if only_reader(conv) is n and n.inputs[0] != conv:
                     sum_fused[n.name] = conv
