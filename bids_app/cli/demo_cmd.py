@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(trained on synthetic data; not for any real use) -> group table and reports under OUT.",
     )
     p.add_argument("out", type=Path, help="folder for the demo (bids/, derivatives/vbm-predict/, work/)")
-    p.add_argument("--n-participants", dest="n_participants", type=positive_int, default=3,
+    p.add_argument("--n-participants", dest="n_participants", type=positive_int, default=3, metavar="N",
                    help="synthetic participants (default 3)")
     p.add_argument("--participants", dest="n_participants", type=positive_int, action=DeprecatedAlias,
                    new="--n-participants")

@@ -18,7 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "MMSE-graded medial temporal atrophy and site effects; ground truth under OUT/derivatives/ground-truth.",
     )
     p.add_argument("out", type=Path, help="dataset root to create (must not exist or be empty)")
-    p.add_argument("--n-participants", dest="n_participants", type=positive_int, default=20,
+    p.add_argument("--n-participants", dest="n_participants", type=positive_int, default=20, metavar="N",
                    help="number of participants (default 20)")
     p.add_argument("--participants", dest="n_participants", type=positive_int, action=DeprecatedAlias,
                    new="--n-participants")
