@@ -73,7 +73,6 @@ def make_files(workdir: Path) -> None:
             import_keras([h5dir / AD_FILES[0]], task="ad", out_dir=pkgdir / "ad1", name="bench-ad1", version="0")
         return
     import tf_keras as keras
-
     from keras_reference import build_keras, randomise_bn
 
     from bids_app.models.keras_import import import_keras

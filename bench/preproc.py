@@ -134,7 +134,8 @@ def main() -> int:
     base = args.work
     base.mkdir(parents=True, exist_ok=True)
     load = os.getloadavg()
-    print(f"ANTs backend benchmark: {args.threads} threads, {os.cpu_count()} CPUs, load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+    print(f"ANTs backend benchmark: {args.threads} threads, {os.cpu_count()} CPUs, "
+          f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
     phantoms = {
         "control": make_phantom(base / "control.nii.gz", atrophy=0.0, seed=0),
         "atrophy": make_phantom(base / "atrophy.nii.gz", atrophy=0.3, seed=0),
@@ -149,8 +150,9 @@ def main() -> int:
     cpus = [r["cpu_s"] for r in runs.values()]
     peaks = [r["peak_rss_mb"] for r in runs.values()]
     load = os.getloadavg()
-    print(f"median wall {statistics.median(walls):.1f} s per T1w (n={len(walls)}, min {min(walls):.1f}, max {max(walls):.1f}); "
-          f"median CPU {statistics.median(cpus):.1f} s (CPU / {args.threads} threads = {statistics.median(cpus) / args.threads:.1f} s, "
+    print(f"median wall {statistics.median(walls):.1f} s per T1w (n={len(walls)}, min {min(walls):.1f}, "
+          f"max {max(walls):.1f}); median CPU {statistics.median(cpus):.1f} s "
+          f"(CPU / {args.threads} threads = {statistics.median(cpus) / args.threads:.1f} s, "
           f"the wall time an unloaded machine could reach); median peak RSS {statistics.median(peaks):.0f} MB; "
           f"load after {load[0]:.1f}")
 

@@ -32,6 +32,7 @@ __all__ = [
     "safe_mkdir",
     "remove_stale_partials",
     "sha256_file",
+    "tsv_bool",
 ]
 
 #: a ``.part`` file of another host is taken for stale only after this long (no way to ask its pid)
@@ -175,3 +176,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def tsv_bool(value: Any) -> bool:
+    """A boolean cell of a table the app wrote: True only for a recorded True.
+
+    pandas reads the app's ``True`` / ``False`` cells as bools, strings or numpy bools depending on
+    the other cells of the column; ``n/a``, empty cells and anything else count as not True.
+    """
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return str(value).strip().lower() == "true"

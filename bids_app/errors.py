@@ -26,6 +26,7 @@ __all__ = [
     "NoInputError",
     "OutputError",
     "BackendUnavailableError",
+    "InstallationError",
     "ModelPackageError",
     "KerasImportError",
     "PreprocessingError",
@@ -87,6 +88,12 @@ class OutputError(VBMPredictError, OSError):
 
 class BackendUnavailableError(VBMPredictError, RuntimeError):
     """A preprocessing backend's tools are not installed (e.g. SPM standalone for Clinica)."""
+
+    exit_code = EXIT_SOFTWARE
+
+
+class InstallationError(VBMPredictError, RuntimeError):
+    """A file the installed package should contain is missing (e.g. the bundled demo models)."""
 
     exit_code = EXIT_SOFTWARE
 

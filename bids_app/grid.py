@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 __all__ = [
     "SPM_SHAPE",
@@ -100,7 +101,7 @@ def _published_mask(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     from ._io import sha256_file
 
     img = nib.load(path)
-    if not isinstance(img, nib.spatialimages.SpatialImage):
+    if not isinstance(img, SpatialImage):
         raise ValueError(f"{path}: not an image nibabel can place on a grid")
     if tuple(img.shape[:3]) == SPM_SHAPE and len(img.shape) == 3:
         # on the model grid already: used voxel for voxel, as the authors' script multiplies the arrays
@@ -126,13 +127,13 @@ def _published_mask(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     return mask, provenance
 
 
-def is_on_grid(img: nib.spatialimages.SpatialImage, atol: float = 1e-3) -> bool:
+def is_on_grid(img: SpatialImage, atol: float = 1e-3) -> bool:
     """True when ``img`` already has the SPM grid's shape and affine (no resampling needed)."""
     return tuple(img.shape[:3]) == SPM_SHAPE and np.allclose(img.affine, SPM_AFFINE, atol=atol)
 
 
 def to_grid(
-    img: nib.spatialimages.SpatialImage,
+    img: SpatialImage,
     interpolation: Literal["continuous", "linear", "nearest"] = "linear",
 ) -> np.ndarray:
     """Return ``img``'s data on the SPM grid as float32 (resampled only when needed).
@@ -194,7 +195,7 @@ def grey_mask() -> np.ndarray:
 
 def crop(volume: np.ndarray) -> np.ndarray:
     """Crop the last three axes of ``volume`` (on the SPM grid) to the model's 96 x 120 x 86."""
-    return volume[(..., *CROP)]
+    return volume[(Ellipsis,) + CROP]
 
 
 def uncrop(volume: np.ndarray, fill: float = 0.0) -> np.ndarray:

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ._io import tsv_bool
 from .derivatives import PREDICTION_COLUMNS, read_predictions, write_table
 from .errors import InputDataError, NoInputError
 from .labels import ParticipantLabels, read_participant_labels
@@ -258,7 +259,7 @@ def collect_failures(output_dir: Path) -> tuple[FailureRecord, ...]:
 
 def _as_bool(series: pd.Series) -> pd.Series:
     """True only for a recorded True (``n/a`` or anything else counts as not True)."""
-    return series.map(lambda v: v is True or (isinstance(v, (bool, np.bool_)) and bool(v)) or str(v).strip().lower() == "true")
+    return series.map(tsv_bool)
 
 
 def participant_scores(predictions: pd.DataFrame, *, validated_only: bool) -> pd.DataFrame:

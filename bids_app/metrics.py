@@ -18,7 +18,8 @@ subsampling (not bootstrap) interval; with half the data per draw it is wider th
 interval would be, which is what the paper reported and what users comparing with it expect.
 
 Nothing here reads files: inputs are arrays, outputs plain floats, so results are easy to test and
-to put into tables.
+to put into tables. Bad labels or scores raise :class:`~bids_app.errors.InputDataError`, bad
+parameters :class:`~bids_app.errors.UsageError` (both subclass ``ValueError``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.metrics import roc_auc_score
+
+from .errors import InputDataError, UsageError
 
 __all__ = ["METRIC_NAMES", "binary_metrics", "subsample_intervals", "spearman"]
 
@@ -47,22 +50,22 @@ def _check_inputs(y_true: ArrayLike, score: ArrayLike, threshold: float) -> tupl
     y = np.asarray(y_true)
     s = np.asarray(score, dtype=float)
     if y.ndim != 1 or s.ndim != 1:
-        raise ValueError(f"y_true and score must be 1-D; got shapes {y.shape} and {s.shape}")
+        raise InputDataError(f"y_true and score must be 1-D; got shapes {y.shape} and {s.shape}")
     if y.shape != s.shape:
-        raise ValueError(f"y_true and score must have the same length; got {y.shape[0]} and {s.shape[0]}")
+        raise InputDataError(f"y_true and score must have the same length; got {y.shape[0]} and {s.shape[0]}")
     if y.dtype == bool:
         y = y.astype(int)
     try:
         yf = y.astype(float)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"y_true must hold 0/1 (or booleans); got values of dtype {y.dtype}") from exc
+        raise InputDataError(f"y_true must hold 0/1 (or booleans); got values of dtype {y.dtype}") from exc
     if np.isnan(yf).any() or np.isnan(s).any():
-        raise ValueError("y_true and score must not contain NaN; remove unlabelled or unscored rows first")
+        raise InputDataError("y_true and score must not contain NaN; remove unlabelled or unscored rows first")
     bad = set(np.unique(yf).tolist()) - {0.0, 1.0}
     if bad:
-        raise ValueError(f"y_true must hold only 0 and 1; got also {sorted(bad)}")
+        raise InputDataError(f"y_true must hold only 0 and 1; got also {sorted(bad)}")
     if not math.isfinite(threshold):
-        raise ValueError(f"threshold must be a finite number; got {threshold!r}")
+        raise UsageError(f"threshold must be a finite number; got {threshold!r}")
     return yf.astype(int), s
 
 
@@ -98,10 +101,7 @@ def binary_metrics(y_true: ArrayLike, score: ArrayLike, threshold: float = 0.5) 
     n_neg = int(y.size - n_pos)
     sens = _ratio(tp, n_pos)
     spec = _ratio(tn, n_neg)
-    if n_pos and n_neg:
-        auc = float(roc_auc_score(y, s))
-    else:
-        auc = math.nan
+    auc = float(roc_auc_score(y, s)) if n_pos and n_neg else math.nan
     return {
         "n": float(y.size),
         "n_positive": float(n_pos),
@@ -168,11 +168,11 @@ def subsample_intervals(
     """
     y, s = _check_inputs(y_true, score, threshold)
     if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}")
+        raise UsageError(f"n_resamples must be a positive integer; got {n_resamples!r}")
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1]; got {fraction!r}")
+        raise UsageError(f"fraction must be in (0, 1]; got {fraction!r}")
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1); got {level!r}")
+        raise UsageError(f"level must be in (0, 1); got {level!r}")
     nan_pair = (math.nan, math.nan)
     if y.size == 0:
         return {name: nan_pair for name in METRIC_NAMES}
@@ -203,7 +203,7 @@ def spearman(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
     a = np.asarray(x, dtype=float)
     b = np.asarray(y, dtype=float)
     if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"x and y must be 1-D of the same length; got shapes {a.shape} and {b.shape}")
+        raise InputDataError(f"x and y must be 1-D of the same length; got shapes {a.shape} and {b.shape}")
     keep = np.isfinite(a) & np.isfinite(b)
     a, b = a[keep], b[keep]
     if a.size < 3 or np.all(a == a[0]) or np.all(b == b[0]):

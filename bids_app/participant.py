@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -322,7 +322,7 @@ def process_unit(
         try:
             from .report import write_participant_report
         except ImportError:  # reports are optional for library users without matplotlib
-            write_participant_report = None
+            write_participant_report = None  # type: ignore[assignment]
         if write_participant_report is not None:
             result.outputs.append(write_participant_report(options.output_dir, unit))
 

@@ -15,15 +15,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Protocol, runtime_checkable
+from typing import Any, Literal, Mapping, Protocol, get_args, runtime_checkable
 
 import numpy as np
 
 __all__ = [
     "ENTITY_ORDER",
     "AFTER_SPACE",
+    "AnalysisLevel",
+    "ANALYSIS_LEVELS",
     "PreprocName",
+    "PREPROC_CHOICES",
+    "BackendName",
+    "BACKEND_NAMES",
     "DeviceName",
+    "DEVICE_CHOICES",
+    "Precision",
+    "PRECISION_CHOICES",
+    "TaskName",
+    "TASK_CHOICES",
+    "ADArchitecture",
+    "AD_ARCHITECTURES",
+    "OptimizerName",
+    "OPTIMIZER_CHOICES",
+    "FreezeName",
+    "FREEZE_CHOICES",
+    "WeightsDtype",
+    "WEIGHTS_DTYPES",
     "T1wUnit",
     "GMMaps",
     "QCResult",
@@ -43,8 +61,50 @@ ENTITY_ORDER: tuple[str, ...] = (
 #: entities BIDS places after ``space`` in a derivative's name (schema ``rules/entities``)
 AFTER_SPACE: tuple[str, ...] = ("split", "recording", "chunk")
 
+# Every option's allowed values, spelled once. The Literal is for signatures and mypy; its tuple
+# (``get_args``) is for argparse ``choices`` and run-time checks, so the two cannot drift apart.
+
+#: BIDS-App analysis levels.
+AnalysisLevel = Literal["participant", "group"]
+ANALYSIS_LEVELS: tuple[AnalysisLevel, ...] = get_args(AnalysisLevel)
+
+#: Concrete VBM preprocessing backends (one module each in :mod:`bids_app.preproc`).
+BackendName = Literal["clinica", "ants", "derivatives"]
+BACKEND_NAMES: tuple[BackendName, ...] = get_args(BackendName)
+
+#: ``--preproc``: a backend, or ``auto`` (derivatives with ``--derivatives``, clinica with SPM, else ants).
 PreprocName = Literal["auto", "clinica", "ants", "derivatives"]
+PREPROC_CHOICES: tuple[PreprocName, ...] = get_args(PreprocName)
+
+#: ``--device``: where the networks run; ``auto`` = CUDA when available, else CPU.
 DeviceName = Literal["auto", "cpu", "cuda"]
+DEVICE_CHOICES: tuple[DeviceName, ...] = get_args(DeviceName)
+
+#: ``--precision`` of the forward passes (see :mod:`bids_app.models.predict`).
+Precision = Literal[
+    "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"
+]
+PRECISION_CHOICES: tuple[Precision, ...] = get_args(Precision)
+
+#: Prediction tasks a model package can serve.
+TaskName = Literal["sex", "ad"]
+TASK_CHOICES: tuple[TaskName, ...] = get_args(TaskName)
+
+#: The two AD networks of the reference system (optimised head, or the sex network's head intact).
+ADArchitecture = Literal["irv2_ad_optimised", "irv2_ad_intact"]
+AD_ARCHITECTURES: tuple[ADArchitecture, ...] = get_args(ADArchitecture)
+
+#: Training optimisers.
+OptimizerName = Literal["sgd", "adam"]
+OPTIMIZER_CHOICES: tuple[OptimizerName, ...] = get_args(OptimizerName)
+
+#: Fine-tuning: which layers stay fixed (``low``: the stem; ``high``: every layer after the stem).
+FreezeName = Literal["none", "low", "high"]
+FREEZE_CHOICES: tuple[FreezeName, ...] = get_args(FreezeName)
+
+#: Storage dtype of the weights in a model package.
+WeightsDtype = Literal["float32", "float16"]
+WEIGHTS_DTYPES: tuple[WeightsDtype, ...] = get_args(WeightsDtype)
 
 
 @dataclass(frozen=True)
@@ -194,7 +254,10 @@ class PreprocBackend(Protocol):
     Read it with :func:`reuses_existing_maps`; absent means False.
     """
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """The backend's name (``clinica``, ``ants``, ``derivatives``), written into every output."""
+        ...
 
     def available(self) -> bool:
         """True when the backend's external tools are installed."""

@@ -39,7 +39,7 @@ from .errors import (
     VBMPredictError,
 )
 from .participant import UnitOptions, UnitResult, process_unit
-from .types import PreprocBackend, T1wUnit
+from .types import DeviceName, PreprocBackend, PreprocName, T1wUnit
 
 __all__ = [
     "DEMO_MODELS",
@@ -225,7 +225,7 @@ class _UnitLog:
         """Add ``text`` to this unit's log only (e.g. a traceback: not for the console)."""
         self.lines.append(text)
 
-    def __enter__(self) -> "_UnitLog":
+    def __enter__(self) -> _UnitLog:
         logging.getLogger("bids_app").addHandler(self.handler)
         return self
 
@@ -319,10 +319,10 @@ def run_participant_level(
     session_labels: Sequence[str] = (),
     bids_filters: Mapping[str, Any] | None = None,
     work_dir: Path | None = None,
-    preproc: str = "auto",
+    preproc: PreprocName = "auto",
     derivatives_dir: Path | None = None,
     models: str | Path | None = None,
-    device: str = "auto",
+    device: DeviceName = "auto",
     ad_threshold: float = 0.5,
     nprocs: int = 1,
     skip_validation: bool = False,

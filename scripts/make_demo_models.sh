@@ -21,7 +21,7 @@ ALLOCATIONS=${DEMO_ALLOCATIONS:-10000}
 SEED=2026
 
 rm -rf "$WORK"
-$VBM simulate "$WORK/cohort" --participants "$PARTICIPANTS" --sites "$SITES" --seed "$SEED" --nprocs 2 --maps-only
+$VBM simulate "$WORK/cohort" --n-participants "$PARTICIPANTS" --sites "$SITES" --seed "$SEED" --nprocs 2 --maps-only
 $VBM train \
     --derivatives "$WORK/cohort/derivatives/ground-truth" \
     --participants "$WORK/cohort/participants.tsv" \

@@ -1,4 +1,8 @@
-"""Shared fixtures: real NIfTI files and BIDS trees made on the fly."""
+"""Shared fixtures (real NIfTI files and BIDS trees made on the fly) and the CI rule on skips.
+
+With ``CI=true`` a skipped test fails: what a test needs, CI installs (``scripts/install.sh --test``),
+so a skip there means a requirement went missing. Elsewhere a test may skip, with its reason.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,50 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+ROOT = Path(__file__).resolve().parents[1]
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
-def write_t1w(path: Path, *, shape=(48, 56, 48), zooms=(4.0, 4.0, 4.0), seed: int = 0, data: np.ndarray | None = None) -> Path:
+# Clinica's own environment made by `scripts/install.sh --test`, found like the image's: CLINICA_PYTHON.
+_CLINICA_VENV_PYTHON = ROOT / ".venv-clinica" / "bin" / "python"
+if _CLINICA_VENV_PYTHON.is_file():
+    os.environ.setdefault("CLINICA_PYTHON", str(_CLINICA_VENV_PYTHON))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "ci_may_skip(reason): may skip even with CI=true, for what no CI machine has (e.g. a GPU)"
+    )
+
+
+def _skip_reason(longrepr: object) -> str:
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport, allowed: bool = False) -> None:
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail") and not allowed:
+        reason = _skip_reason(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped with CI=true, which counts as a failure (CI installs what tests need): {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    report = yield
+    # the explicit allow-list: @pytest.mark.ci_may_skip(reason=...) for what no CI machine can have
+    _fail_skip_in_ci(report, allowed=item.get_closest_marker("ci_may_skip") is not None)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> pytest.CollectReport:
+    report = yield
+    _fail_skip_in_ci(report)
+    return report
+
+
+def write_t1w(
+    path: Path, *, shape=(48, 56, 48), zooms=(4.0, 4.0, 4.0), seed: int = 0, data: np.ndarray | None = None
+) -> Path:
     """A small but real 3D T1w-like image (an ellipsoid 'head' with noise) in RAS+ world space."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if data is None:
@@ -30,8 +76,20 @@ def write_t1w(path: Path, *, shape=(48, 56, 48), zooms=(4.0, 4.0, 4.0), seed: in
     return path
 
 
-def make_bids(root: Path, units: Iterable[str], *, participants: list[dict] | None = None, ext: str = ".nii.gz") -> Path:
-    """A BIDS dataset with one T1w per name in ``units`` (e.g. ``sub-01_ses-1``, ``sub-02_run-2``)."""
+def make_bids(
+    root: Path,
+    units: Iterable[str] = (),
+    *,
+    participants: str | list[dict] | None = None,
+    participants_json: dict | None = None,
+    ext: str = ".nii.gz",
+) -> Path:
+    """A BIDS dataset with one real T1w per name in ``units`` (e.g. ``sub-01_ses-1``, ``sub-02_run-2``).
+
+    ``participants``: the participants.tsv, as rows (dicts) or as the file's text; by default one row
+    per subject of ``units``, and no file at all when there are neither units nor rows.
+    ``participants_json``: written as participants.json when given.
+    """
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(
         json.dumps({"Name": "test", "BIDSVersion": "1.10.0", "DatasetType": "raw", "Authors": ["Test"]})
@@ -47,10 +105,16 @@ def make_bids(root: Path, units: Iterable[str], *, participants: list[dict] | No
         if "ses" in ents:
             folder = folder / f"ses-{ents['ses']}"
         write_t1w(folder / "anat" / f"{name}_T1w{ext}", seed=i)
-    rows = participants or [{"participant_id": f"sub-{s}"} for s in dict.fromkeys(subjects)]
-    cols = list(rows[0])
-    lines = ["\t".join(cols)] + ["\t".join(str(r.get(c, "n/a")) for c in cols) for r in rows]
-    (root / "participants.tsv").write_text("\n".join(lines) + "\n")
+    if isinstance(participants, str):
+        (root / "participants.tsv").write_text(participants)
+    else:
+        rows = participants or [{"participant_id": f"sub-{s}"} for s in dict.fromkeys(subjects)]
+        if rows:
+            cols = list(rows[0])
+            lines = ["\t".join(cols)] + ["\t".join(str(r.get(c, "n/a")) for c in cols) for r in rows]
+            (root / "participants.tsv").write_text("\n".join(lines) + "\n")
+    if participants_json is not None:
+        (root / "participants.json").write_text(json.dumps(participants_json))
     return root
 
 
@@ -81,38 +145,14 @@ def tree_snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
     return snap
 
 
-def make_tiny_package(out: Path, task: str, *, n_folds: int = 1, seed: int = 0, preprocessing=("clinica",), synthetic: bool = True) -> Path:
-    """A real (randomly initialised, tiny-width) model package written with the app's own writer."""
-    import torch
-
-    from bids_app.models import TASK_LABELS, build_network, input_spec, save_package
-
-    arch = {"name": "irv2_sex" if task == "sex" else "irv2_ad_optimised", "params": {"width": 0.0625, "blocks": [1, 1, 1]}}
-    states = []
-    for k in range(n_folds):
-        torch.manual_seed(seed + k)
-        net = build_network(arch["name"], width=0.0625, blocks=(1, 1, 1))
-        states.append(net.state_dict())
-    pos, neg = TASK_LABELS[task]
-    card = {
-        "name": f"test-{task}",
-        "task": task,
-        "version": "0.0.1",
-        "architecture": arch,
-        "input": input_spec(),
-        "output": {"meaning": f"P({pos})", "activation": "sigmoid", "positive_label": pos, "negative_label": neg},
-        "thresholds": {"default": 0.5},
-        "training": {"data": "random initialisation (tests)", "synthetic": synthetic, "preprocessing": list(preprocessing)},
-        "metrics": [],
-        "licence": "test only",
-    }
-    return save_package(out, card, states)
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Path:
     """A models directory with a 1-fold sex package and a 3-fold AD package (random weights)."""
+    from .models_fixtures import make_package
+
     root = tmp_path_factory.mktemp("models")
-    make_tiny_package(root / "sex", "sex", n_folds=1, seed=1)
-    make_tiny_package(root / "ad", "ad", n_folds=3, seed=10)
+    tiny = {"width": 0.0625, "blocks": [1, 1, 1], "version": "0.0.1", "preprocessing": ("clinica",),
+            "randomise": False, "screening": False, "mask": "brain"}
+    make_package(root / "sex", "sex", n_folds=1, seed=1, name="test-sex", **tiny)
+    make_package(root / "ad", "ad", n_folds=3, seed=10, name="test-ad", **tiny)
     return root

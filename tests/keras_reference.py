@@ -39,7 +39,9 @@ def build_keras(
     def ch(n: int) -> int:
         return max(1, int(round(n * width)))
 
-    def conv_bn(x, filters, kernel, strides=1, padding="same", activation="relu", use_bias=False, name=None, scale_width=True):
+    def conv_bn(
+        x, filters, kernel, strides=1, padding="same", activation="relu", use_bias=False, name=None, scale_width=True
+    ):
         f = ch(filters) if scale_width else filters
         x = L.Conv3D(f, kernel, strides=strides, padding=padding, use_bias=use_bias, name=name)(x)
         if not use_bias:
@@ -65,7 +67,8 @@ def build_keras(
         name = f"{block_type}_{idx}"
         mixed = L.Concatenate(axis=4, name=name + "_mixed")(branches)
         up = conv_bn(mixed, int(x.shape[-1]), 1, activation=None, use_bias=True, name=name + "_conv", scale_width=False)
-        x = L.Lambda(lambda inputs, scale: inputs[0] + inputs[1] * scale, output_shape=tuple(x.shape[1:]), arguments={"scale": scale}, name=name)([x, up])
+        x = L.Lambda(lambda inputs, scale: inputs[0] + inputs[1] * scale, output_shape=tuple(x.shape[1:]),
+                     arguments={"scale": scale}, name=name)([x, up])
         if activation is not None:
             x = L.Activation(activation, name=name + "_ac")(x)
         return x
@@ -143,7 +146,10 @@ def randomise_bn(model: Any, seed: int = 0) -> None:
             layer.set_weights([k, rng.normal(0.0, 0.05, b.shape).astype("float32")])
 
 
-_AUTO = re.compile(r"^(conv3d|batch_normalization|activation|max_pooling3d|average_pooling3d|concatenate|dense|dropout|flatten|add)(?:_(\d+))?$")
+_AUTO = re.compile(
+    r"^(conv3d|batch_normalization|activation|max_pooling3d|average_pooling3d|concatenate|dense|dropout|flatten|add)"
+    r"(?:_(\d+))?$"
+)
 
 
 def to_keras224(src: str | Path, dst: str | Path) -> None:
@@ -199,7 +205,8 @@ def to_keras224(src: str | Path, dst: str | Path) -> None:
             c["function_type"] = "lambda"
             c["output_shape_type"] = "raw"
             c.pop("output_shape_module", None)
-        inbound = [[[rename[r[0]], r[1], r[2], r[3] if len(r) > 3 else {}] for r in node] for node in layer["inbound_nodes"]]
+        inbound = [[[rename[r[0]], r[1], r[2], r[3] if len(r) > 3 else {}] for r in node]
+                   for node in layer["inbound_nodes"]]
         layers.append({"name": new_name, "class_name": layer["class_name"], "config": c, "inbound_nodes": inbound})
     body = {
         "name": "model_1",
@@ -208,8 +215,10 @@ def to_keras224(src: str | Path, dst: str | Path) -> None:
         "output_layers": [[rename[r[0]], r[1], r[2]] for r in cfg["config"]["output_layers"]],
     }
     new_cfg = {"class_name": "Model", "config": body}
-    training = {"optimizer_config": {"class_name": "SGD", "config": {"lr": 0.0003, "momentum": 0.9, "decay": 0.001, "nesterov": True}},
-                "loss": "binary_crossentropy", "metrics": ["accuracy"], "sample_weight_mode": None, "loss_weights": None}
+    sgd = {"lr": 0.0003, "momentum": 0.9, "decay": 0.001, "nesterov": True}
+    training = {"optimizer_config": {"class_name": "SGD", "config": sgd},
+                "loss": "binary_crossentropy", "metrics": ["accuracy"], "sample_weight_mode": None,
+                "loss_weights": None}
     with h5py.File(dst, "w") as f:
         f.attrs["keras_version"] = b"2.2.4"
         f.attrs["backend"] = b"tensorflow"

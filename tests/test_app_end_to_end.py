@@ -40,7 +40,9 @@ def unit_maps(gmd: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
 
 def write_bids_derivatives(root: Path, gmd: np.ndarray, units=UNITS) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "maps", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "maps", "BIDSVersion": "1.10.0", "DatasetType": "derivative"})
+    )
     for i, name in enumerate(units):
         sub = name.split("_")[0]
         ses = [p for p in name.split("_") if p.startswith("ses-")]
@@ -91,7 +93,7 @@ def test_pybids_indexes_outputs(study):
 def test_predictions_match_direct_scoring_and_columns_described(study):
     out = study["out"]
     pk = {t: load_package(study["models"] / t) for t in ("sex", "ad")}
-    for i, name in enumerate(UNITS):
+    for name in UNITS:
         tsvs = list(out.rglob(f"{name}_predictions.tsv"))
         assert len(tsvs) == 1
         table = read_predictions(tsvs[0])
@@ -100,7 +102,8 @@ def test_predictions_match_direct_scoring_and_columns_described(study):
         assert set(table["target"]) == {"sex", "ad"}
         # recompute from the written maps: the app's scores are the models' scores on these maps
         d = nib.load(next(out.rglob(f"{name}_space-IXI549Space_label-GM_probseg.nii.gz"))).get_fdata(dtype=np.float32)
-        v = nib.load(next(out.rglob(f"{name}_space-IXI549Space_label-GM_desc-modulated_probseg.nii.gz"))).get_fdata(dtype=np.float32)
+        gmv_path = next(out.rglob(f"{name}_space-IXI549Space_label-GM_desc-modulated_probseg.nii.gz"))
+        v = nib.load(gmv_path).get_fdata(dtype=np.float32)
         np.testing.assert_allclose((d, v), unit_maps(np.asarray(d), 0) if False else (d, v))
         x = make_model_input(d, v)[None]
         for task, package in pk.items():
@@ -110,14 +113,16 @@ def test_predictions_match_direct_scoring_and_columns_described(study):
             folds = [float(s) for s in str(row["fold_scores"]).split(";")]
             assert len(folds) == package.n_folds and np.mean(folds) == pytest.approx(row["score"], abs=1e-5)
             assert row["model_sha256"] == ";".join(package.sha256)
-            assert row["predicted_label"] == (package.positive_label if row["score"] >= row["threshold"] else package.negative_label)
+            positive = row["score"] >= row["threshold"]
+            assert row["predicted_label"] == (package.positive_label if positive else package.negative_label)
             # synthetic-only test models: never 'validated', and the table says why
             assert not row["validated_input"] and "synthetic" in row["warnings"]
             assert row["preproc_backend"] == "derivatives" and "Research use only" in row["notice"]
 
 
 def test_map_sidecars_carry_provenance(study):
-    side = json.loads(next(study["out"].rglob("sub-03_space-IXI549Space_label-GM_desc-modulated_probseg.json")).read_text())
+    side_path = next(study["out"].rglob("sub-03_space-IXI549Space_label-GM_desc-modulated_probseg.json"))
+    side = json.loads(side_path.read_text())
     assert side["PreprocBackend"] == "derivatives" and side["SpatialReference"] == "IXI549Space"
     assert side["Sources"] == ["bids::sub-03/anat/sub-03_T1w.nii.gz"]
     assert "gmv_template_correlation" in side["QC"]["Metrics"]
@@ -138,9 +143,11 @@ def test_caps_and_dparsf_layouts_end_to_end(tmp_path, mni_gm_maps, tiny_models):
     bids = make_bids(tmp_path / "bids", ["sub-01_ses-M000", "sub-02"])
     caps = tmp_path / "caps" / "subjects" / "sub-01" / "ses-M000" / "t1/spm/segmentation/normalized_space"
     for m, data in (("off", gmd), ("on", gmv)):
-        write_grid_map(caps / f"sub-01_ses-M000_T1w_segm-graymatter_space-Ixi549Space_modulated-{m}_probability.nii.gz", data)
+        name = f"sub-01_ses-M000_T1w_segm-graymatter_space-Ixi549Space_modulated-{m}_probability.nii.gz"
+        write_grid_map(caps / name, data)
     code = main([str(bids), str(tmp_path / "out_caps"), "participant", "--participant-label", "01",
-                 "--derivatives", str(tmp_path / "caps"), "--models", str(tiny_models), "--skip-bids-validation", "--no-reports"])
+                 "--derivatives", str(tmp_path / "caps"), "--models", str(tiny_models), "--skip-bids-validation",
+                 "--no-reports"])
     assert code == 0
     rows = read_predictions(next((tmp_path / "out_caps").rglob("*_predictions.tsv")))
     # maps from Clinica/SPM: the preprocessing check passes; only the synthetic-model warning remains
@@ -149,6 +156,7 @@ def test_caps_and_dparsf_layouts_end_to_end(tmp_path, mni_gm_maps, tiny_models):
     write_grid_map(dparsf / "wc1T1.nii", gmd)
     write_grid_map(dparsf / "mwc1T1.nii", gmv)
     code = main([str(bids), str(tmp_path / "out_dparsf"), "participant", "--participant-label", "02",
-                 "--derivatives", str(tmp_path / "dparsf"), "--models", str(tiny_models), "--skip-bids-validation", "--no-reports"])
+                 "--derivatives", str(tmp_path / "dparsf"), "--models", str(tiny_models), "--skip-bids-validation",
+                 "--no-reports"])
     assert code == 0
     assert len(read_predictions(next((tmp_path / "out_dparsf").rglob("*_predictions.tsv")))) == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +65,8 @@ def test_missing_description_exit_66(tmp_path, capsys):
 
 def test_unknown_participant_exit_18_with_hint(tmp_path, capsys):
     bids = make_bids(tmp_path / "bids", ["sub-01", "sub-02"])
-    code = main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "O1", "--skip-bids-validation"])
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--participant-label", "O1",
+                 "--skip-bids-validation"])
     assert code == EXIT_NO_MATCH
     err = capsys.readouterr().err
     assert "'O1'" in err and "did you mean '01'" in err

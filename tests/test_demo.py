@@ -1,4 +1,4 @@
-"""The bundled demo models and the ``demo`` command's parts (the full demo run is the lead's end-to-end test)."""
+"""The bundled demo models and the ``demo`` command's parts (the full run, about 10 minutes, is not run here)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from bids_app.cli import demo_cmd
 from bids_app.grid import make_model_input
@@ -47,5 +46,5 @@ def test_demo_parser_defaults() -> None:
     parser = argparse.ArgumentParser()
     demo_cmd.add_parser(parser.add_subparsers())
     args = parser.parse_args(["demo", "out"])
-    assert (args.participants, args.nprocs, args.seed) == (3, 2, 0)
+    assert (args.n_participants, args.nprocs, args.seed) == (3, 2, 0)
     assert args.func is demo_cmd.run

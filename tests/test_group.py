@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from .test_group_fixtures import init_output, make_bids, make_unit, prediction_row, write_maps, write_unit
 
 from bids_app._io import write_json
 from bids_app.derivatives import PREDICTION_COLUMNS, failure_path, predictions_path
 from bids_app.errors import NoInputError
 from bids_app.group import EVALUATION_COLUMNS, GROUP_FIGURES, run_group_level
+
+from .conftest import make_bids
+from .group_fixtures import init_output, make_unit, prediction_row, write_maps, write_unit
 
 PARTICIPANTS = (
     "participant_id\tsex\tdiagnosis\tMMSE\n"
@@ -62,11 +64,12 @@ IMAGES = [
 
 
 def build_cohort(root: Path, participants: str | None = PARTICIPANTS) -> tuple[Path, Path]:
-    bids = make_bids(root / "bids", participants)
+    bids = make_bids(root / "bids", participants=participants)
     out = init_output(root / "out", bids)
     for sub, ses, run, ad, sex, validated in IMAGES:
         unit = make_unit(bids, sub, ses, run)
-        write_unit(out, unit, [prediction_row(unit, bids, "sex", sex), prediction_row(unit, bids, "ad", ad, validated=validated)])
+        rows = [prediction_row(unit, bids, "sex", sex), prediction_row(unit, bids, "ad", ad, validated=validated)]
+        write_unit(out, unit, rows)
     write_json(failure_path(out, make_unit(bids, "08")), {"reason": "corrupt gzip: sub-08_T1w.nii.gz", "step": "load"})
     # stale failure record of a T1w that later succeeded: ignored
     write_json(failure_path(out, make_unit(bids, "01")), {"reason": "killed"})
@@ -115,7 +118,8 @@ def test_group_predictions_concatenate_every_participant_sorted(cohort):
 
 def test_failures_are_counted_stale_ones_ignored(cohort):
     _, out, summary = cohort
-    assert [(f.participant_id, f.reason) for f in summary.failures] == [("sub-08", "at load: corrupt gzip: sub-08_T1w.nii.gz")]
+    failures = [(f.participant_id, f.reason) for f in summary.failures]
+    assert failures == [("sub-08", "at load: corrupt gzip: sub-08_T1w.nii.gz")]
     text = summary.text()
     assert "9 T1w from 7 participants" in text and "1 T1w failed" in text and "corrupt gzip" in text
     assert "ad test-ad: AUC 0.833" in text and "group_evaluation.tsv" in text and summary.exit_code == 0
@@ -170,7 +174,8 @@ def test_tables_match_their_json_sidecars(cohort):
         sidecar = json.loads((out / f"{name}.json").read_text())
         assert header == list(sidecar) == list(spec)
         assert all(isinstance(v.get("Description"), str) and v["Description"] for v in sidecar.values())
-    assert "1000 random subsamples of 50%" in json.loads((out / "group_evaluation.json").read_text())["roc_auc_ci_low"]["Description"]
+    sidecar = json.loads((out / "group_evaluation.json").read_text())
+    assert "1000 random subsamples of 50%" in sidecar["roc_auc_ci_low"]["Description"]
 
 
 def test_figures_are_png(cohort):
@@ -187,7 +192,7 @@ def test_interval_width_on_a_larger_cohort(tmp_path):
     dx = np.where(np.arange(n) < 50, "AD", "CN")
     score = np.clip(np.where(dx == "AD", rng.normal(0.7, 0.2, n), rng.normal(0.3, 0.2, n)), 0, 1)
     lines = ["participant_id\tdiagnosis"] + [f"sub-{i:03d}\t{d}" for i, d in enumerate(dx)]
-    bids = make_bids(tmp_path / "bids", "\n".join(lines) + "\n")
+    bids = make_bids(tmp_path / "bids", participants="\n".join(lines) + "\n")
     out = init_output(tmp_path / "out", bids)
     for i in range(n):
         unit = make_unit(bids, f"{i:03d}")
@@ -201,7 +206,8 @@ def test_interval_width_on_a_larger_cohort(tmp_path):
         assert 0.02 < hi - lo < 0.35, (name, lo, hi)
     # accuracy: 60 drawn of 120 without replacement -> sd ~ sqrt(p(1-p)/60 * 0.5), 95% width ~ 0.11
     p = r.accuracy
-    assert hi - lo > 0 and abs((r.accuracy_ci_high - r.accuracy_ci_low) - 2 * 1.96 * math.sqrt(p * (1 - p) / 120)) < 0.04
+    normal_width = 2 * 1.96 * math.sqrt(p * (1 - p) / 120)
+    assert hi - lo > 0 and abs((r.accuracy_ci_high - r.accuracy_ci_low) - normal_width) < 0.04
 
 
 def test_without_labels_no_evaluation_and_stale_outputs_removed(tmp_path):
@@ -217,7 +223,7 @@ def test_without_labels_no_evaluation_and_stale_outputs_removed(tmp_path):
 
 
 def test_empty_output_dir_is_refused(tmp_path):
-    bids = make_bids(tmp_path / "bids", PARTICIPANTS)
+    bids = make_bids(tmp_path / "bids", participants=PARTICIPANTS)
     out = init_output(tmp_path / "out", bids)
     with pytest.raises(NoInputError, match="run the participant level first"):
         run_group_level(bids, out)
@@ -243,7 +249,8 @@ def test_output_with_group_files_passes_the_bids_validator(tmp_path):
     summary = run_group_level(bids, out)
     assert summary.report_path and summary.report_path.exists() and (out / "reports").is_dir()
     env = dict(os.environ, HOME=str(tmp_path), NO_COLOR="1")
-    proc = subprocess.run([_validator(), "--format", "json", str(out)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([_validator(), "--format", "json", str(out)], capture_output=True, text=True, env=env,
+                          timeout=120)
     result = json.loads(proc.stdout)
     errors = [(i.get("code"), i.get("location")) for i in result["issues"]["issues"] if i.get("severity") == "error"]
     assert errors == [], errors
@@ -266,7 +273,7 @@ def test_pybids_indexes_the_output_with_group_files(tmp_path):
 
 
 def test_only_failures_gives_empty_table_and_a_report_listing_them(tmp_path):
-    bids = make_bids(tmp_path / "bids", PARTICIPANTS)
+    bids = make_bids(tmp_path / "bids", participants=PARTICIPANTS)
     out = init_output(tmp_path / "out", bids)
     # the record the participant workflow writes (bids_app.workflows._record_failure)
     write_json(

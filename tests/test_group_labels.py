@@ -6,10 +6,11 @@ import logging
 import math
 
 import pytest
-from .test_group_fixtures import make_bids
 
 from bids_app.errors import InputDataError
 from bids_app.labels import parse_diagnosis, parse_sex, read_participant_labels
+
+from .conftest import make_bids
 
 
 @pytest.mark.parametrize(
@@ -43,7 +44,7 @@ def test_diagnosis_spellings(raw, expected):
 def test_table_unknown_values_become_missing_counted_and_logged(tmp_path, caplog):
     bids = make_bids(
         tmp_path,
-        "participant_id\tSex\tDX\tMMSE\n"
+        participants="participant_id\tSex\tDX\tMMSE\n"
         "sub-01\tM\tAD\t20\n"
         "02\tfemale\tNC\t29.5\n"  # participant_id without its prefix
         "sub-03\tx\tMCI\tn/a\n"
@@ -81,26 +82,26 @@ def test_numeric_codes_only_with_levels_in_participants_json(tmp_path):
         "sex": {"Description": "sex", "Levels": {"1": "Male", "2": "Female"}},
         "group": {"Levels": {"1": "healthy control", "2": "MCI", "3": "Alzheimer's disease"}},
     }
-    labels = read_participant_labels(make_bids(tmp_path, tsv, sidecar))
+    labels = read_participant_labels(make_bids(tmp_path, participants=tsv, participants_json=sidecar))
     assert labels.table["sex"].tolist()[:2] == ["male", "female"]
     assert labels.table["sex"].isna().tolist() == [False, False, True]  # 0 is not a declared level
     assert labels.table["diagnosis"].tolist() == ["AD", "CN", "MCI"]
 
 
 def test_no_participants_tsv_or_no_label_columns(tmp_path):
-    labels = read_participant_labels(make_bids(tmp_path / "a", None))
+    labels = read_participant_labels(make_bids(tmp_path / "a", participants=None))
     assert labels.source is None and len(labels.table) == 0 and not labels.has_labels
-    labels = read_participant_labels(make_bids(tmp_path / "b", "participant_id\tage\nsub-01\t70\n"))
+    labels = read_participant_labels(make_bids(tmp_path / "b", participants="participant_id\tage\nsub-01\t70\n"))
     assert len(labels.table) == 1 and not labels.has_labels
     assert math.isnan(labels.table.loc["sub-01", "mmse"])
 
 
 def test_bad_tables_name_the_file(tmp_path):
     with pytest.raises(InputDataError, match=r"participants\.tsv.*participant_id"):
-        read_participant_labels(make_bids(tmp_path / "a", "subject\tsex\n01\tM\n"))
+        read_participant_labels(make_bids(tmp_path / "a", participants="subject\tsex\n01\tM\n"))
     with pytest.raises(InputDataError, match=r"participants\.tsv.*more than once.*sub-01"):
-        read_participant_labels(make_bids(tmp_path / "b", "participant_id\tsex\nsub-01\tM\n01\tF\n"))
-    bids = make_bids(tmp_path / "c", "participant_id\tsex\nsub-01\tM\n")
+        read_participant_labels(make_bids(tmp_path / "b", participants="participant_id\tsex\nsub-01\tM\n01\tF\n"))
+    bids = make_bids(tmp_path / "c", participants="participant_id\tsex\nsub-01\tM\n")
     (bids / "participants.json").write_text("{not json")
     with pytest.raises(InputDataError, match=r"participants\.json"):
         read_participant_labels(bids)

@@ -73,7 +73,7 @@ def test_score_refuses_pickled_and_misshaped_arrays(pkg, tmp_path):
 
 
 def test_info_on_a_broken_package(tmp_path):
-    with pytest.raises(ModelPackageError, match="no model.json here"):
+    with pytest.raises(ModelPackageError, match=r"no model\.json here"):
         models_cmd.run(parse(["models", "info", str(tmp_path)]))
 
 
@@ -99,7 +99,8 @@ def test_import_keras_command(tmp_path, capsys):
     p = load_package(tmp_path / "pkg")
     assert p.trained_on_synthetic and p.validated_preprocessing == ("ants",) and p.version == "3"
     with pytest.raises(NoInputError, match="Keras H5 file not found"):
-        models_cmd.run(parse(["models", "import-keras", str(tmp_path / "nope.h5"), "--task", "ad", "--out", str(tmp_path / "x")]))
+        models_cmd.run(parse(["models", "import-keras", str(tmp_path / "nope.h5"), "--task", "ad",
+                              "--out", str(tmp_path / "x")]))
 
 
 def test_convert_weights_script_fails_loudly_on_a_missing_file(tmp_path):
@@ -139,4 +140,4 @@ def test_convert_weights_script_builds_both_packages(tmp_path):
     sums = (tmp_path / "models" / "SOURCE_SHA256SUMS").read_text()
     assert all(n in sums for n in names)
     card = json.loads((tmp_path / "models" / "brainimagenet-ad" / "model.json").read_text())
-    assert [e["sha256"] for e in card["provenance"]["imported_from"]][0] in sums
+    assert card["provenance"]["imported_from"][0]["sha256"] in sums

@@ -18,17 +18,17 @@ import torch
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from bids_app.errors import ModelPackageError  # noqa: E402
-from bids_app.models import load_package, predict  # noqa: E402
-from bids_app.models.keras_import import (  # noqa: E402
+from bids_app.errors import ModelPackageError
+from bids_app.models import load_package, predict
+from bids_app.models.keras_import import (
     KerasImportError,
     identify_architecture,
     import_keras,
     read_keras_h5,
 )
 
-from .keras_reference import build_keras, randomise_bn, to_keras224  # noqa: E402
-from .models_fixtures import gm_like_inputs  # noqa: E402
+from .keras_reference import build_keras, randomise_bn, to_keras224
+from .models_fixtures import gm_like_inputs
 
 h5py = pytest.importorskip("h5py")
 
@@ -255,13 +255,14 @@ def test_wrong_shape_is_refused(tf_files, tmp_path):
 
     def reshape(f):
         g = f["model_weights"]["conv2"]
-        wname = [n for n in g.attrs["weight_names"] if "kernel" in str(n)][0]
+        wname = next(n for n in g.attrs["weight_names"] if "kernel" in str(n))
         arr = g[wname][()]
         del g[wname]
         g.create_dataset(wname, data=arr[:2])
 
     p = _edit_copy(src, tmp_path / "m.h5", reshape)
-    with pytest.raises(KerasImportError, match=r"layer 'conv2': weight 'kernel' has shape \(2, 3, 3, 32, 32\), expected \(3, 3, 3, 32, 32\)"):
+    expected = r"layer 'conv2': weight 'kernel' has shape \(2, 3, 3, 32, 32\), expected \(3, 3, 3, 32, 32\)"
+    with pytest.raises(KerasImportError, match=expected):
         read_keras_h5(p)
 
 

@@ -148,7 +148,8 @@ def test_bad_hyper_parameters_are_refused(kwargs, match):
 
 
 def test_unknown_architecture_is_refused():
-    with pytest.raises(ValueError, match="architecture must be one of irv2_sex, irv2_ad_optimised, irv2_ad_intact; got 'resnet'"):
+    expected = "architecture must be one of irv2_sex, irv2_ad_optimised, irv2_ad_intact; got 'resnet'"
+    with pytest.raises(ValueError, match=expected):
         build_network("resnet")
 
 
@@ -175,10 +176,10 @@ def test_public_api_surface():
     for name in ("build_network", "save_package", "load_package", "find_packages", "ModelPackage", "predict",
                  "import_keras", "read_keras_h5", "ARCHITECTURES"):
         assert name in m.__all__ and hasattr(m, name)
+    import subprocess
     import sys
 
-    import subprocess
-
-    code = "import sys, bids_app.models; print('tensorflow' in sys.modules, 'bids' in sys.modules, 'bids_app.cli' in sys.modules)"
+    code = ("import sys, bids_app.models; "
+            "print('tensorflow' in sys.modules, 'bids' in sys.modules, 'bids_app.cli' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "False", "False"]

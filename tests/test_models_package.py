@@ -154,7 +154,7 @@ def test_save_refuses_mismatched_state_dict(tmp_path):
 
 
 def test_not_a_package(tmp_path):
-    with pytest.raises(ModelPackageError, match="no model.json here"):
+    with pytest.raises(ModelPackageError, match=r"no model\.json here"):
         load_package(tmp_path)
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(ModelPackageError, match="not valid JSON"):

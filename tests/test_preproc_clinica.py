@@ -1,7 +1,8 @@
 """Clinica backend: everything that runs without SPM (the view, the TSV, what Clinica receives, CAPS ->
-GMMaps, crash reports, the errors). When a Clinica install is at hand (CLINICA_PYTHON, the container's
-/opt/clinica-venv, or /tmp/clinica-venv made by hand), Clinica itself selects the view's T1w in a dry
-run without SPM. Nothing here runs or imitates SPM."""
+GMMaps, crash reports, the errors), and real Clinica 0.12 (no SPM) selecting the view's T1w in a dry run.
+Clinica is found like the app finds it: CLINICA_PYTHON (the repository's .venv-clinica made by
+`scripts/install.sh --test`, which tests/conftest.py points it to), else the container's
+/opt/clinica-venv. Nothing here runs or imitates SPM."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from bids_app.preproc.clinica import (
     ClinicaBackend,
     caps_map_paths,
     caps_to_gmmaps,
+    clinica_python,
     crash_summary,
     link_dartel_template,
     make_session_view,
@@ -138,7 +140,7 @@ def test_caps_maps_off_grid_are_resampled(tmp_path):
 def test_caps_missing_map(tmp_path):
     view = make_session_view(_bids(tmp_path), tmp_path / "bids")
     paths = caps_map_paths(tmp_path / "caps", view)
-    with pytest.raises(PreprocessingError, match="did not write the expected map .*modulated-off"):
+    with pytest.raises(PreprocessingError, match=r"did not write the expected map .*modulated-off"):
         caps_to_gmmaps(paths, backend_version="x")
 
 
@@ -181,24 +183,18 @@ def test_without_spm_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MCR_HOME", raising=False)
     backend = ClinicaBackend(env={})
     assert not backend.available()
-    with pytest.raises(BackendUnavailableError, match="SPMSTANDALONE_HOME is not set.*--preproc ants"):
+    with pytest.raises(BackendUnavailableError, match=r"SPMSTANDALONE_HOME is not set.*--preproc ants"):
         backend.run(_bids(tmp_path), tmp_path / "work")
     with pytest.raises(BackendUnavailableError, match="--preproc ants"):
         get_backend("clinica")
 
 
-def _clinica_python() -> Path | None:
-    for cand in (os.environ.get("CLINICA_PYTHON"), "/opt/clinica-venv/bin/python", "/tmp/clinica-venv/bin/python"):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    return None
-
-
 def test_clinica_dry_run_selects_the_view(tmp_path):
     """Real Clinica (no SPM): its own input selection finds exactly our T1w in the view."""
-    py = _clinica_python()
-    if py is None:
-        pytest.skip("no Clinica installation (CLINICA_PYTHON, /opt/clinica-venv, /tmp/clinica-venv)")
+    py = clinica_python()
+    if py is None or not py.is_file():
+        pytest.skip(f"no Clinica installation (CLINICA_PYTHON={os.environ.get('CLINICA_PYTHON')}, no "
+                    "/opt/clinica-venv); `scripts/install.sh --test` makes .venv-clinica")
     view = make_session_view(_bids(tmp_path), tmp_path / "work" / "bids")
     tsv = write_subjects_sessions_tsv(tmp_path / "work" / "ss.tsv", view)
     (tmp_path / "work" / "crash").mkdir()

@@ -64,7 +64,8 @@ def test_bids_layout_with_runs_and_resampling(tmp_path, mni_gm_maps):
     from bids_app.grid import SPM_AFFINE
 
     img = nib.Nifti1Image(gmd, SPM_AFFINE)
-    coarse = resample_img(img, target_affine=np.diag([2.0, 2.0, 2.0]), interpolation="linear", force_resample=True, copy_header=True)
+    coarse = resample_img(img, target_affine=np.diag([2.0, 2.0, 2.0]), interpolation="linear", force_resample=True,
+                          copy_header=True)
     nib.save(coarse, anat / "sub-02_run-1_space-MNI152NLin2009cAsym_label-GM_probseg.nii.gz")
     anat3 = root / "sub-03" / "anat"
     anat3.mkdir(parents=True)

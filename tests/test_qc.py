@@ -18,7 +18,8 @@ from bids_app.types import GMMaps
 
 def _maps(gmd: np.ndarray, gmv: np.ndarray | None = None, qc: dict | None = None) -> GMMaps:
     gmd = gmd.astype(np.float32)
-    return GMMaps(gmd=gmd, gmv=(gmd if gmv is None else gmv).astype(np.float32), backend="ants", backend_version="t", qc=qc or {})
+    gmv = (gmd if gmv is None else gmv).astype(np.float32)
+    return GMMaps(gmd=gmd, gmv=gmv, backend="ants", backend_version="t", qc=qc or {})
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_reference_distribution_is_recorded():
     assert len(values) == REFERENCE_DISTRIBUTION["n"]
     assert mean == pytest.approx(np.mean(values), abs=1e-4)
     assert sd == pytest.approx(np.std(values, ddof=1), abs=1e-4)
-    assert GMV_CORRELATION_THRESHOLD == pytest.approx(mean - 2 * sd, abs=1e-3)
+    assert pytest.approx(mean - 2 * sd, abs=1e-3) == GMV_CORRELATION_THRESHOLD
     assert 0.3 < GMV_CORRELATION_THRESHOLD < mean < 1.0
 
 
@@ -58,7 +59,8 @@ def test_plausible_map_passes(good):
         ("shift 12 mm up + 9 mm back", lambda g: ndimage.shift(g, (0, -6, 8), order=1)),
         ("left-right and up-down flip", lambda g: g[:, :, ::-1]),
         ("rotated 20 degrees", lambda g: ndimage.rotate(g, 20, axes=(1, 2), reshape=False, order=1)),
-        ("shrunk to 75%", lambda g: ndimage.affine_transform(g, np.diag([1 / 0.75] * 3), offset=-(np.array(SPM_SHAPE) / 2) * (1 / 0.75 - 1), order=1)),
+        ("shrunk to 75%", lambda g: ndimage.affine_transform(
+            g, np.diag([1 / 0.75] * 3), offset=-(np.array(SPM_SHAPE) / 2) * (1 / 0.75 - 1), order=1)),
     ],
 )
 def test_failed_registration_is_flagged(good, name, broken):
@@ -77,7 +79,8 @@ def test_empty_and_nan_maps(good):
 
 
 def test_backend_flags(good):
-    qc = compute_qc(_maps(good, qc={"modulation_volume_ratio": 1.4, "jacobian_min": -0.2, "registration_t1_correlation": 0.5}))
+    bad_registration = {"modulation_volume_ratio": 1.4, "jacobian_min": -0.2, "registration_t1_correlation": 0.5}
+    qc = compute_qc(_maps(good, qc=bad_registration))
     assert {"modulation_volume_ratio", "jacobian_min", "registration_t1_correlation"} <= set(qc.flags)
 
 

@@ -32,6 +32,9 @@ from .report_fixtures import write_explanation, write_gm_maps, write_warped_t1w
 from .test_group import build_cohort
 from .test_group_fixtures import make_unit, prediction_row, write_unit
 
+from .group_fixtures import make_unit, prediction_row, write_maps, write_unit
+from .test_group import build_cohort
+
 
 class _Refs(HTMLParser):
     """Collects every URL an HTML page would fetch or link to."""
@@ -243,7 +246,7 @@ def test_group_report_stays_small_at_scale(tmp_path):
 
 
 def test_group_report_needs_the_group_table(tmp_path):
-    with pytest.raises(NoInputError, match="group_predictions.tsv"):
+    with pytest.raises(NoInputError, match=r"group_predictions\.tsv"):
         write_group_report(tmp_path)
 
 

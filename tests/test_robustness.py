@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -64,7 +63,8 @@ def test_parallel_jobs_equal_sequential_run(small_study, tmp_path):
 def test_killed_run_resumes_to_identical_outputs(small_study, tmp_path):
     bids, maps, models, seq = small_study
     out, work = tmp_path / "out", tmp_path / "work"
-    job = subprocess.Popen(_cli(bids, out, maps, models, "-w", str(work)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(_cli(bids, out, maps, models, "-w", str(work)), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and not list(out.rglob("*_predictions.tsv")):
         time.sleep(0.05)
@@ -147,8 +147,8 @@ def test_bad_t1w_files_get_named_failures(tmp_path, tiny_models):
 def test_one_failure_does_not_stop_the_others(small_study, tmp_path):
     bids, maps, models, _ = small_study
     partial = tmp_path / "maps"
-    write_bids_derivatives(partial, nib.load(next(maps.rglob("sub-03_*label-GM_probseg.nii.gz"))).get_fdata(dtype=np.float32),
-                           units=[u for u in UNITS if u != "sub-02_run-2"])
+    gmd = nib.load(next(maps.rglob("sub-03_*label-GM_probseg.nii.gz"))).get_fdata(dtype=np.float32)
+    write_bids_derivatives(partial, gmd, units=[u for u in UNITS if u != "sub-02_run-2"])
     proc = subprocess.run(_cli(bids, tmp_path / "out", partial, models), capture_output=True, text=True)
     assert proc.returncode == 66, proc.stderr[-2000:]
     assert "sub-02_run-2: FAILED at preprocessing (derivatives)" in proc.stdout

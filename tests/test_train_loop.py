@@ -58,7 +58,8 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path: Path) -> None:
     cfg2 = OptimConfig(lr=0.01, batch_size=2, epochs=2)
     straight = train_network(_net(), x, y, xv, yv, cfg2, device=torch.device("cpu"), seed=3)
     ck = tmp_path / "run.pt"
-    train_network(_net(), x, y, xv, yv, OptimConfig(lr=0.01, batch_size=2, epochs=1), device=torch.device("cpu"), seed=3, checkpoint=ck)
+    train_network(_net(), x, y, xv, yv, OptimConfig(lr=0.01, batch_size=2, epochs=1), device=torch.device("cpu"),
+                  seed=3, checkpoint=ck)
     saved = torch.load(ck, weights_only=True)  # plain tensors and numbers only
     assert saved["epoch"] == 1
     resumed = train_network(_net(seed=99), x, y, xv, yv, cfg2, device=torch.device("cpu"), seed=3, checkpoint=ck)
@@ -78,6 +79,7 @@ def test_freezing_low_or_high_layers(freeze: str) -> None:
     after = net.state_dict()
     stem_keys = {f"layers.{k}" for k in net.stem.state_dict()}
     stem_changed = any(not torch.equal(before[k], after[k]) for k in stem_keys)
-    rest_changed = any(not torch.equal(before[k], after[k]) for k in after if k not in stem_keys and after[k].is_floating_point())
+    rest_changed = any(not torch.equal(before[k], after[k])
+                       for k in after if k not in stem_keys and after[k].is_floating_point())
     assert stem_changed == (freeze == "high")
     assert rest_changed == (freeze == "low")

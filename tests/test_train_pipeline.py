@@ -9,7 +9,6 @@ score, that the folds are whole sites, that the AD stems came from the sex netwo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -58,7 +57,8 @@ def test_recipe_makes_packages_the_app_loads_and_scores(made: dict[str, Path]) -
     p = truth_paths(cohort, pid)
     import nibabel as nib
 
-    x = make_model_input(np.asarray(nib.load(str(p["gmd"])).dataobj, np.float32), np.asarray(nib.load(str(p["gmv"])).dataobj, np.float32))
+    x = make_model_input(np.asarray(nib.load(str(p["gmd"])).dataobj, np.float32),
+                         np.asarray(nib.load(str(p["gmv"])).dataobj, np.float32))
     for task in ("sex", "ad"):
         pkg = load_package(made["dest"] / task)
         assert pkg.task == task and pkg.n_folds == 2
@@ -110,10 +110,11 @@ def test_finetune_with_frozen_stem(made: dict[str, Path]) -> None:
     train_cmd.add_parser(parser.add_subparsers())
     cohort = made["work"] / "cohort"
     out = made["tmp"] / "ft"
-    args = parser.parse_args(["finetune", str(made["dest"] / "sex"), "--derivatives", str(cohort / "derivatives" / "ground-truth"),
+    args = parser.parse_args(["finetune", str(made["dest"] / "sex"),
+                              "--derivatives", str(cohort / "derivatives" / "ground-truth"),
                               "--participants", str(cohort / "participants.tsv"), "-o", str(out), "--fraction", "0.5",
-                              "--freeze", "low", "--epochs", "1", "--batch-size", "2", "--optimizer", "adam", "--lr", "1e-3",
-                              "--device", "cpu", "--no-progress"])
+                              "--freeze", "low", "--epochs", "1", "--batch-size", "2", "--optimizer", "adam",
+                              "--lr", "1e-3", "--device", "cpu", "--no-progress"])
     assert args.func(args) == 0
     base, tuned = load_package(made["dest"] / "sex"), load_package(out / "model")
     assert tuned.card["training"]["finetuning"]["freeze"] == "low"

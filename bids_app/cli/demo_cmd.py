@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InstallationError
+from .parser import DeprecatedAlias, positive_int
+
 __all__ = ["add_parser", "run", "demo_models_dir"]
 
 
@@ -28,28 +31,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(trained on synthetic data; not for any real use) -> group table and reports under OUT.",
     )
     p.add_argument("out", type=Path, help="folder for the demo (bids/, derivatives/vbm-predict/, work/)")
-    p.add_argument("--participants", type=int, default=3, help="synthetic participants (default 3)")
+    p.add_argument("--n-participants", dest="n_participants", type=positive_int, default=3, metavar="N",
+                   help="synthetic participants (default 3)")
+    p.add_argument("--participants", dest="n_participants", type=positive_int, action=DeprecatedAlias,
+                   new="--n-participants")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--nprocs", type=int, default=2)
+    p.add_argument("--nprocs", type=positive_int, default=2)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..synth import simulate_dataset
-    from ..workflows import run_group_level, run_participant_level  # lead's workflows (lazy: heavy imports)
+    from ..workflows import run_group_level, run_participant_level  # lazy: heavy imports
 
     out = Path(args.out).resolve()
     bids_dir, output_dir, work_dir = out / "bids", out / "derivatives" / "vbm-predict", out / "work"
     models = demo_models_dir()
-    if not (models / "sex" / "model.json").is_file() or not (models / "ad" / "model.json").is_file():
-        print(f"the demo models are missing from {models}; reinstall vbm-predict")
-        return 70
+    missing = [task for task in ("sex", "ad") if not (models / task / "model.json").is_file()]
+    if missing:
+        raise InstallationError(
+            f"the demo models ({', '.join(missing)}) are missing from {models}; reinstall vbm-predict"
+        )
     if not (bids_dir / "dataset_description.json").is_file():
-        print(f"[1/3] simulating {args.participants} synthetic participants in {bids_dir}")
-        simulate_dataset(bids_dir, participants=args.participants, sites=min(2, args.participants), seed=args.seed,
-                         nprocs=args.nprocs, progress=True)
+        n = args.n_participants
+        print(f"[1/3] simulating {n} synthetic participants in {bids_dir}")
+        simulate_dataset(bids_dir, participants=n, sites=min(2, n), seed=args.seed, nprocs=args.nprocs, progress=True)
     print(f"[2/3] participant level (ANTs preprocessing, demo models from {models})")
-    summary = run_participant_level(bids_dir, output_dir, work_dir=work_dir, preproc="ants", models=models, nprocs=args.nprocs)
+    summary = run_participant_level(bids_dir, output_dir, work_dir=work_dir, preproc="ants", models=models,
+                                    nprocs=args.nprocs)
     print(summary.text())
     code = summary.exit_code
     if not summary.succeeded:

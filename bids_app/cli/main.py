@@ -1,18 +1,33 @@
-"""``vbm-predict`` / ``run.py``: dispatch only. Errors become BIDS-Apps exit codes here, once."""
+"""``vbm-predict`` / ``run.py``: dispatch only. Errors become BIDS-Apps exit codes here, once.
+
+Dispatch rule: the first argument names a tool command (``models``, ``simulate``, ``train``,
+``finetune``, ``demo``) unless the call has the BIDS-App shape, i.e. the first argument is an
+existing directory and the third is an analysis level (``participant`` / ``group``). So a BIDS
+dataset that happens to be called ``demo`` or ``models`` still runs as ``vbm-predict demo out
+participant``; ``./demo`` always means the directory.
+
+Errors: a :class:`~bids_app.errors.VBMPredictError` prints one line (``vbm-predict: error: ...``)
+and returns its exit code; argparse's usage errors return 64; anything else is an internal error
+(70) with a one-line message. The traceback is shown only with ``-vv``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import logging
 import os
 import sys
 import tempfile
+import traceback
+from pathlib import Path
 from typing import Sequence
 
-from ..errors import EXIT_CANT_CREATE, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, VBMPredictError
-from .parser import ANALYSIS_LEVELS, build_parser
+from ..errors import EXIT_CANT_CREATE, EXIT_SOFTWARE, EXIT_UNKNOWN_LEVEL, EXIT_USAGE, VBMPredictError
+from ..types import ANALYSIS_LEVELS
+from .parser import build_parser
 
-__all__ = ["main", "SUBCOMMANDS"]
+__all__ = ["main", "SUBCOMMANDS", "is_subcommand"]
 
 #: extra commands -> module implementing ``add_parser(subparsers)`` and ``run(args)``
 SUBCOMMANDS = {
@@ -31,8 +46,8 @@ class _StderrHandler(logging.StreamHandler):
     a caller that swaps stderr and closes the old one (pytest's capture, notebooks) would otherwise
     leave a handler that fails on every later log call."""
 
-    @property  # type: ignore[override]
-    def stream(self):  # noqa: D102
+    @property
+    def stream(self):
         return sys.stderr
 
     @stream.setter
@@ -59,21 +74,50 @@ def setup_environment() -> None:
     os.environ.setdefault("MCR_CACHE_ROOT", os.path.join(cache, "mcr"))
     os.environ.setdefault("MCR_INHIBIT_CTF_LOCK", "1")
     os.environ.setdefault("NILEARN_DATA", os.path.join(cache, "nilearn_data"))
+    os.environ.setdefault("VBM_PREDICT_CACHE", os.path.join(cache, "vbm-predict"))
     import matplotlib
 
     matplotlib.use("Agg")
 
 
-def _run_subcommand(argv: Sequence[str]) -> int:
-    import argparse
+def is_subcommand(argv: Sequence[str]) -> bool:
+    """True when ``argv`` calls a tool command rather than the BIDS App (see the module docstring)."""
+    if not argv or argv[0] not in SUBCOMMANDS:
+        return False
+    bids_app_shape = len(argv) >= 3 and Path(argv[0]).is_dir() and argv[2] in ANALYSIS_LEVELS
+    return not bids_app_shape
 
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """``-v`` on every leaf command's parser (``simulate -v ...``, ``models score -vv ...``)."""
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-v info, -vv debug)")
+    for action in nested:
+        for child in dict.fromkeys(action.choices.values()):
+            _add_verbose(child)
+
+
+def _verbosity(argv: Sequence[str]) -> int:
+    """``-v`` count read from the raw arguments, for errors raised before parsing ends."""
+    count = 0
+    for arg in argv:
+        if arg == "--verbose":
+            count += 1
+        elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) == {"v"}:
+            count += len(arg) - 1
+    return count
+
+
+def _run_subcommand(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="vbm-predict")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
     sub = parser.add_subparsers(dest="command", required=True)
     for module_name in dict.fromkeys(SUBCOMMANDS.values()):
         importlib.import_module(module_name).add_parser(sub)
+    for child in dict.fromkeys(sub.choices.values()):
+        _add_verbose(child)
     args = parser.parse_args(argv)
-    setup_logging(max(args.verbose, 1))
+    setup_logging(max(getattr(args, "verbose", 0), 1))
     return int(args.func(args))
 
 
@@ -126,12 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vbm-predict: error: no writable temporary directory ({exc}); give the container one "
               "(docker run --tmpfs /tmp) or set TMPDIR to a writable folder", file=sys.stderr)
         return EXIT_CANT_CREATE
+    debug = _verbosity(argv) >= 2
     try:
-        if argv and argv[0] in SUBCOMMANDS:
+        if is_subcommand(argv):
             return _run_subcommand(argv)
         return _run_bids_app(argv)
     except VBMPredictError as exc:
-        _log.debug("error details", exc_info=True)
+        if debug:
+            traceback.print_exc(file=sys.stderr)
         print(f"vbm-predict: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:  # argparse: usage errors are 2 there, 64 in the BIDS-Apps spec
@@ -140,6 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vbm-predict: interrupted; run again with the same work dir to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user error: one line, the traceback with -vv
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        hint = "" if debug else "; run again with -vv for the traceback"
+        print(f"vbm-predict: internal error: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        return EXIT_SOFTWARE
 
 
 if __name__ == "__main__":  # pragma: no cover

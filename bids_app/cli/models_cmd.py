@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputDataError, NoInputError, UsageError
+from ..types import PRECISION_CHOICES, TASK_CHOICES
 from .parser import device_name, positive_int
 
 __all__ = ["add_parser", "run"]
@@ -32,11 +33,12 @@ def add_parser(subparsers: Any) -> None:
 
     imp = sub.add_parser("import-keras", help="convert Keras full-model H5 files (one per fold) into a model package")
     imp.add_argument("files", nargs="+", type=Path, metavar="FILE.h5")
-    imp.add_argument("--task", required=True, choices=("sex", "ad"))
+    imp.add_argument("--task", required=True, choices=TASK_CHOICES)
     imp.add_argument("--out", required=True, type=Path, metavar="DIR", help="package directory to write")
     imp.add_argument("--name", default=None)
     imp.add_argument("--version", default=None)
-    imp.add_argument("--synthetic", action="store_true", help="the files were trained on synthetic data (recorded in the card)")
+    imp.add_argument("--synthetic", action="store_true",
+                     help="the files were trained on synthetic data (recorded in the card)")
     imp.add_argument("--preprocessing", nargs="*", default=None, metavar="BACKEND",
                      help="preprocessing backends the model was validated for (e.g. clinica ants)")
     imp.add_argument("--data", default=None, help="description of the training data for the card")
@@ -48,8 +50,7 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("--input", required=True, type=Path, metavar="ARRAY.npy")
     sc.add_argument("--channels-last", action="store_true", help="the array is Keras' N x 96 x 120 x 86 x 2")
     sc.add_argument("--device", default="cpu", type=device_name, metavar="{auto,cpu,cuda,cuda:N}")
-    sc.add_argument("--precision", default="auto", choices=(  # = models.PRECISIONS (torch-free here)
-        "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"))
+    sc.add_argument("--precision", default="auto", choices=PRECISION_CHOICES)
     sc.add_argument("--batch-size", type=positive_int, default=1)
     sc.set_defaults(func=run)
 

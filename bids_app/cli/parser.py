@@ -8,13 +8,13 @@ from the first argument.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .. import __version__
+from ..types import ANALYSIS_LEVELS, DEVICE_CHOICES, PREPROC_CHOICES
 
-__all__ = ["build_parser", "positive_int", "device_name", "ANALYSIS_LEVELS"]
-
-ANALYSIS_LEVELS = ("participant", "group")
+__all__ = ["build_parser", "positive_int", "positive_float", "DeprecatedAlias", "ANALYSIS_LEVELS"]
 
 
 def _existing_dir(value: str) -> Path:
@@ -53,6 +53,34 @@ def positive_int(value: str) -> int:
     return n
 
 
+def positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {value!r}")
+    return x
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of an option: stores like the new one and warns, naming the new spelling.
+
+    ``parser.add_argument("--old", dest="new", action=DeprecatedAlias, new="--new", type=...)``;
+    the alias is hidden from ``--help``.
+    """
+
+    def __init__(self, option_strings, dest, *, new: str, **kwargs) -> None:
+        kwargs.setdefault("help", argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        # printed, not logged: parsing happens before the log handler is set up
+        print(f"vbm-predict: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vbm-predict",
@@ -88,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                      action="store_true", help="do not run the BIDS validator on the input")
 
     proc = parser.add_argument_group("processing")
-    proc.add_argument("--preproc", choices=("auto", "clinica", "ants", "derivatives"), default="auto",
+    proc.add_argument("--preproc", choices=PREPROC_CHOICES, default="auto",
                       help="VBM preprocessing backend; auto = derivatives if --derivatives, clinica "
                            "when SPM standalone is configured, else ants")
     proc.add_argument("--derivatives", type=_existing_dir, default=None, metavar="DIR",

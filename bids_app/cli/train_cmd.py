@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..types import AD_ARCHITECTURES, DEVICE_CHOICES, FREEZE_CHOICES, OPTIMIZER_CHOICES, TASK_CHOICES, WEIGHTS_DTYPES
+from .parser import positive_float, positive_int
+
 __all__ = ["add_parser", "run", "run_finetune"]
 
 
@@ -23,29 +26,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and labels / sites in a participants.tsv. Defaults follow the reference system (SGD, Nesterov 0.9; "
         "sex lr 0.01 decay 3e-3; AD lr 3e-4 decay 1e-3; batch 24; 10 epochs; 5 folds).",
     )
-    p.add_argument("--derivatives", type=Path, required=True, help="directory with the GM maps (app output or derivatives)")
+    p.add_argument("--derivatives", type=Path, required=True,
+                   help="directory with the GM maps (app output or derivatives)")
     p.add_argument("--participants", type=Path, required=True, help="participants.tsv with sex, diagnosis and site")
     p.add_argument("-o", "--out", type=Path, required=True, help="output directory (models/, report/, checkpoints/)")
-    p.add_argument("--tasks", nargs="+", choices=("sex", "ad"), default=["sex", "ad"])
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--allocations", type=int, default=10000, help="random site allocations tried for balance")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="share of training participants for best-epoch choice")
-    p.add_argument("--width", type=float, default=1.0, help="channel width factor of the networks")
+    p.add_argument("--tasks", nargs="+", choices=TASK_CHOICES, default=list(TASK_CHOICES))
+    p.add_argument("--folds", type=positive_int, default=5)
+    p.add_argument("--allocations", type=positive_int, default=10000, help="random site allocations tried for balance")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of training participants for best-epoch choice")
+    p.add_argument("--width", type=positive_float, default=1.0, help="channel width factor of the networks")
     p.add_argument("--blocks", type=_blocks, default=(5, 10, 5), help="block35,block17,block8 repeats (default 5,10,5)")
-    p.add_argument("--ad-architecture", choices=("irv2_ad_optimised", "irv2_ad_intact"), default="irv2_ad_optimised")
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--sex-lr", type=float, default=0.01)
+    p.add_argument("--ad-architecture", choices=AD_ARCHITECTURES, default="irv2_ad_optimised")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="sgd")
+    p.add_argument("--sex-lr", type=positive_float, default=0.01)
     p.add_argument("--sex-decay", type=float, default=3e-3)
-    p.add_argument("--ad-lr", type=float, default=3e-4)
+    p.add_argument("--ad-lr", type=positive_float, default=3e-4)
     p.add_argument("--ad-decay", type=float, default=1e-3)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=24)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=24)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--weights-dtype", choices=("float32", "float16"), default="float32")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    p.add_argument("--weights-dtype", choices=WEIGHTS_DTYPES, default="float32")
     p.add_argument("--name-prefix", default="vbm-predict", help="package names become PREFIX-sex, PREFIX-ad")
     p.add_argument("--model-version", default="0.1.0")
-    p.add_argument("--maps-origin", default=None, help="preprocessing that made the maps (default: from dataset_description.json)")
+    p.add_argument("--maps-origin", default=None,
+                   help="preprocessing that made the maps (default: from dataset_description.json)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -59,17 +65,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--derivatives", type=Path, required=True)
     f.add_argument("--participants", type=Path, required=True)
     f.add_argument("-o", "--out", type=Path, required=True)
-    f.add_argument("--fraction", type=float, default=0.2, help="share of participants used for fine-tuning (default 0.2)")
-    f.add_argument("--freeze", choices=("none", "low", "high"), default="none",
+    f.add_argument("--fraction", type=float, default=0.2,
+                   help="share of participants used for fine-tuning (default 0.2)")
+    f.add_argument("--freeze", choices=FREEZE_CHOICES, default="none",
                    help="low: keep the stem fixed; high: keep every layer after the stem fixed")
     f.add_argument("--site", action="append", default=None, help="use only these sites (repeatable)")
-    f.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    f.add_argument("--lr", type=float, default=3e-4)
+    f.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default="sgd")
+    f.add_argument("--lr", type=positive_float, default=3e-4)
     f.add_argument("--decay", type=float, default=1e-3)
-    f.add_argument("--epochs", type=int, default=10)
-    f.add_argument("--batch-size", type=int, default=8)
+    f.add_argument("--epochs", type=positive_int, default=10)
+    f.add_argument("--batch-size", type=positive_int, default=8)
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    f.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     f.add_argument("--no-progress", action="store_true")
     f.set_defaults(func=run_finetune)
 
@@ -77,11 +84,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train import OptimConfig, TrainConfig, train_cohort
 
+    schedule = {"optimizer": args.optimizer, "batch_size": args.batch_size, "epochs": args.epochs}
     cfg = TrainConfig(
         folds=args.folds, n_allocations=args.allocations, val_fraction=args.val_fraction, width=args.width,
         blocks=tuple(args.blocks), ad_architecture=args.ad_architecture,
-        sex_optim=OptimConfig(optimizer=args.optimizer, lr=args.sex_lr, decay=args.sex_decay, batch_size=args.batch_size, epochs=args.epochs),
-        ad_optim=OptimConfig(optimizer=args.optimizer, lr=args.ad_lr, decay=args.ad_decay, batch_size=args.batch_size, epochs=args.epochs),
+        sex_optim=OptimConfig(lr=args.sex_lr, decay=args.sex_decay, **schedule),
+        ad_optim=OptimConfig(lr=args.ad_lr, decay=args.ad_decay, **schedule),
         seed=args.seed, device=args.device, weights_dtype=args.weights_dtype, name_prefix=args.name_prefix,
         version=args.model_version,
     )
@@ -89,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
                            origin=args.maps_origin, progress=not args.no_progress)
     for r in results:
         pooled = {row.metric: row.value for row in r.pooled.itertuples()}
-        print(f"{r.task}: package {r.package}; pooled leave-sites-out accuracy {pooled.get('accuracy', float('nan')):.3f}, "
-              f"AUC {pooled.get('roc_auc', float('nan')):.3f}")
+        accuracy, auc = pooled.get("accuracy", float("nan")), pooled.get("roc_auc", float("nan"))
+        print(f"{r.task}: package {r.package}; pooled leave-sites-out accuracy {accuracy:.3f}, AUC {auc:.3f}")
     print(f"report: {Path(args.out) / 'report'}")
     return 0
 
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     from ..train import OptimConfig, finetune_package
 
-    optim = OptimConfig(optimizer=args.optimizer, lr=args.lr, decay=args.decay, batch_size=args.batch_size, epochs=args.epochs)
+    optim = OptimConfig(optimizer=args.optimizer, lr=args.lr, decay=args.decay, batch_size=args.batch_size,
+                        epochs=args.epochs)
     res = finetune_package(args.package, args.derivatives, args.participants, args.out, fraction=args.fraction,
                            freeze=args.freeze, sites=args.site, optim=optim, seed=args.seed, device=args.device,
                            progress=not args.no_progress)

@@ -11,6 +11,7 @@
 
 from .graph import GraphNet, KerasBatchNorm3d, Node, SameConv3d
 from .irv2 import ARCHITECTURES, STEM_END, IRV2Net, build_network
+from .keras_import import KerasImportError, import_keras, read_keras_h5
 from .package import (
     TASK_LABELS,
     ModelPackage,
@@ -21,7 +22,6 @@ from .package import (
     save_package,
     validate_card,
 )
-from .keras_import import KerasImportError, import_keras, read_keras_h5
 from .predict import PRECISIONS, default_precision, predict
 
 __all__ = [

@@ -10,12 +10,13 @@ themselves on a CPU. The rewritten graph keeps the conv layers' Keras names.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .graph import GraphNet, Node, same_pad_arg
+from .graph import GraphNet, Node, SameConv3d, same_pad_arg
 
 __all__ = ["fold_batchnorm", "OneDNNGraphNet", "onednn_available"]
 
@@ -136,7 +137,7 @@ class OneDNNGraphNet(nn.Module):
             for s in n.inputs:
                 readers.setdefault(s, []).append(n.name)
         by_name = {n.name: n for n in nodes}
-        logit = net._logit_node
+        logit = net.logit_node
 
         def only_reader(name: str) -> Node | None:
             r = readers.get(name, [])
@@ -152,7 +153,11 @@ class OneDNNGraphNet(nn.Module):
         # residual nodes fused with their conv branch: residual name -> conv name
         sum_fused: dict[str, str] = {}
         for n in nodes:
-            if n.op == "residual" and fusable_conv(n.inputs[1]) and by_name[n.inputs[1]].config.get("activation", "linear") == "linear":
+            if (
+                n.op == "residual"
+                and fusable_conv(n.inputs[1])
+                and by_name[n.inputs[1]].config.get("activation", "linear") == "linear"
+            ):
                 conv = n.inputs[1]
                 if only_reader(conv) is n and n.inputs[0] != conv:
                     sum_fused[n.name] = conv
@@ -194,18 +199,25 @@ class OneDNNGraphNet(nn.Module):
         # Free every slot after its last reader (the logit slot is returned).
         last: dict[int, int] = {}
         for i, st in enumerate(steps):
-            for s in st.inputs:
-                last[s] = i
-        for s, i in last.items():
-            steps[i].free_after.append(s)
+            for slot in st.inputs:
+                last[slot] = i
+        for slot, i in last.items():
+            steps[i].free_after.append(slot)
         self._steps = steps
         self._logit_slot = slot_of[logit]
 
     def _conv_step(
-        self, node: Node, conv_name: str, data_inputs: list[str], kind: str, scale: float, unary: str | None, slot_of: dict[str, int]
+        self,
+        node: Node,
+        conv_name: str,
+        data_inputs: list[str],
+        kind: str,
+        scale: float,
+        unary: str | None,
+        slot_of: dict[str, int],
     ) -> _Step:
         net = self.net
-        conv = net.layers[conv_name]
+        conv = cast(SameConv3d, net.layers[conv_name])
         src_shape = net.shapes[data_inputs[0]]
         pre_pad: list[int] | None = None
         in_spatial = list(src_shape[1:])
@@ -218,9 +230,13 @@ class OneDNNGraphNet(nn.Module):
         if scale != 1.0:
             w = w * scale
             b = b * scale if b is not None else None
-        padding, stride, dilation = list(conv.padding), list(conv.stride), list(conv.dilation)
+        # SameConv3d always hands Conv3d numeric pads (its 'same' rule is applied separately)
+        padding = [int(p) for p in cast("tuple[int, ...]", conv.padding)]
+        stride, dilation = list(conv.stride), list(conv.dilation)
         w = w.contiguous(memory_format=torch.channels_last_3d)
-        packed = torch.ops.mkldnn._reorder_convolution_weight(w, padding, stride, dilation, 1, [1, src_shape[0], *in_spatial])
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            w, padding, stride, dilation, 1, [1, src_shape[0], *in_spatial]
+        )
         return _Step(
             node,
             [slot_of[s] for s in data_inputs],
@@ -259,13 +275,13 @@ class OneDNNGraphNet(nn.Module):
         for i, st in enumerate(self._steps, start=1):
             xs = [slots[j] for j in st.inputs]
             if st.kind == "node":
-                out = self.net._run(st.node, xs, final=(i == logit))  # type: ignore[arg-type]
+                out = self.net.run_node(st.node, xs, final=(i == logit))  # type: ignore[arg-type]
             else:
                 out = self._conv(st, xs[0], xs[1] if st.kind == "conv_sum" else None)  # type: ignore[arg-type]
             slots[i] = out
             for j in st.free_after:
                 if j != logit:
                     slots[j] = None
-        out = slots[logit]
-        assert out is not None
-        return out.reshape(out.shape[0])
+        logits = slots[logit]
+        assert logits is not None
+        return logits.reshape(logits.shape[0])

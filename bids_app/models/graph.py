@@ -95,7 +95,8 @@ def nodes_from_spec(spec: Iterable[Mapping[str, Any]]) -> list[Node]:
     out = []
     for i, item in enumerate(spec):
         try:
-            out.append(Node(str(item["name"]), str(item["op"]), tuple(item.get("inputs", ())), dict(item.get("config", {}))))
+            inputs, config = tuple(item.get("inputs", ())), dict(item.get("config", {}))
+            out.append(Node(str(item["name"]), str(item["op"]), inputs, config))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"graph node #{i} is malformed ({exc!r}): {item!r}") from None
     return out
@@ -107,7 +108,7 @@ def _triple(v: int | Sequence[int], what: str) -> tuple[int, int, int]:
     t = tuple(int(a) for a in v)
     if len(t) != 3:
         raise ValueError(f"{what} must be an int or 3 ints, got {v!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def _same_pads(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
@@ -161,7 +162,7 @@ class SameConv3d(nn.Conv3d):
         )
         self.keras_padding = padding_mode_keras
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same:
             x = F.pad(x, same_pad_arg(x.shape[2:], self.kernel_size, self.stride, self.dilation))
         return super().forward(x)
@@ -175,12 +176,16 @@ class KerasBatchNorm3d(nn.Module):
     ``momentum`` m (moving = m * moving + (1 - m) * batch) is PyTorch's ``1 - m``.
     """
 
-    def __init__(self, channels: int, *, epsilon: float = 1e-3, momentum: float = 0.99, center: bool = True, scale: bool = False) -> None:
+    def __init__(
+        self, channels: int, *, epsilon: float = 1e-3, momentum: float = 0.99, center: bool = True, scale: bool = False
+    ) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if not epsilon > 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
         self.channels = channels
         self.epsilon = float(epsilon)
         self.momentum = float(momentum)
@@ -189,7 +194,7 @@ class KerasBatchNorm3d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(
             x,
             self.running_mean,
@@ -301,9 +306,11 @@ class GraphNet(nn.Module):
         self.shapes = infer_shapes(nodes, self.input_shape)
         self.nodes: list[Node] = nodes
         self.output_name = nodes[-1].name
-        self.output_activation, self._logit_node = self._find_logit(nodes)
+        self.output_activation, self.logit_node = self._find_logit(nodes)
         if self.shapes[self.output_name] != (1,):
-            raise ValueError(f"the output layer {self.output_name!r} must give one unit, gives {self.shapes[self.output_name]}")
+            raise ValueError(
+                f"the output layer {self.output_name!r} must give one unit, gives {self.shapes[self.output_name]}"
+            )
         self.layers = nn.ModuleDict()
         for node in nodes:
             mod = self._make_module(node)
@@ -362,10 +369,10 @@ class GraphNet(nn.Module):
         self._free_after: list[list[int]] = [[] for _ in self.nodes]
         for slot, i in last_use.items():
             self._free_after[i].append(slot)
-        self._logit_index = index[self._logit_node]
+        self._logit_index = index[self.logit_node]
 
     # ------------------------------------------------------------------ execution
-    def _run(self, node: Node, xs: list[torch.Tensor], *, final: bool) -> torch.Tensor:
+    def run_node(self, node: Node, xs: list[torch.Tensor], *, final: bool) -> torch.Tensor:
         op, c = node.op, node.config
         if op in ("conv3d", "dense"):
             y = self.layers[node.name](xs[0])
@@ -418,7 +425,7 @@ class GraphNet(nn.Module):
         for i in range(1, self._logit_index + 1):
             node = self.nodes[i]
             xs = [slots[j] for j in self._inputs[i]]
-            slots[i] = self._run(node, xs, final=(i == self._logit_index))  # type: ignore[arg-type]
+            slots[i] = self.run_node(node, xs, final=(i == self._logit_index))  # type: ignore[arg-type]
             for j in self._free_after[i]:
                 if j != self._logit_index:
                     slots[j] = None

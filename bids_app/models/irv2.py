@@ -96,7 +96,8 @@ class _Builder:
         }, f)
         if not use_bias:
             bn_name = f"{name}_bn" if name else self.auto("batch_normalization")
-            y = self.add(bn_name, "batchnorm", [y], {"epsilon": 1e-3, "momentum": 0.99, "center": True, "scale": False}, f)
+            bn_config = {"epsilon": 1e-3, "momentum": 0.99, "center": True, "scale": False}
+            y = self.add(bn_name, "batchnorm", [y], bn_config, f)
         if activation is not None:
             ac_name = f"{name}_ac" if name else self.auto("activation")
             y = self.add(ac_name, "activation", [y], {"activation": activation}, f)
@@ -150,7 +151,9 @@ class _Builder:
             branches = [b0, b1]
         name = f"{block_type}_{idx}"
         mixed = self.concat(branches, name=f"{name}_mixed")
-        up = self.conv_bn(mixed, self.channels[x], 1, activation=None, use_bias=True, name=f"{name}_conv", scale_width=False)
+        up = self.conv_bn(
+            mixed, self.channels[x], 1, activation=None, use_bias=True, name=f"{name}_conv", scale_width=False
+        )
         y = self.add(name, "residual", [x, up], {"scale": scale}, self.channels[x])
         if activation is not None:
             y = self.add(f"{name}_ac", "activation", [y], {"activation": activation}, self.channels[x])
@@ -183,7 +186,9 @@ class _Builder:
         return self.add(self.auto("dense"), "dense", [d], {"units": 1, "activation": "sigmoid", "use_bias": True}, 1)
 
 
-def _check_params(architecture: str, width: float, blocks: Sequence[int], in_channels: int, dropout: float) -> tuple[int, int, int]:
+def _check_params(
+    architecture: str, width: float, blocks: Sequence[int], in_channels: int, dropout: float
+) -> tuple[int, int, int]:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {', '.join(ARCHITECTURES)}; got {architecture!r}")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0.01 <= float(width) <= 4.0:
@@ -200,7 +205,7 @@ def _check_params(architecture: str, width: float, blocks: Sequence[int], in_cha
         raise ValueError(f"in_channels must be a positive integer; got {in_channels!r}")
     if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
-    return b  # type: ignore[return-value]
+    return b
 
 
 def irv2_nodes(
@@ -264,7 +269,12 @@ class IRV2Net(GraphNet):
             raise ValueError(f"input_spatial must be 3 positive integers; got {input_spatial!r}")
         super().__init__(nodes, (in_channels, *spatial))
         self.architecture = architecture
-        self.params = {"width": float(width), "blocks": [int(v) for v in blocks], "in_channels": int(in_channels), "dropout": float(dropout)}
+        self.params = {
+            "width": float(width),
+            "blocks": [int(v) for v in blocks],
+            "in_channels": int(in_channels),
+            "dropout": float(dropout),
+        }
         self.stem_names = tuple(stem)
 
     @property

@@ -105,7 +105,7 @@ class ModelPackage:
     negative_label: str
     architecture: str
     n_parameters: int
-    _prepared: dict[Any, list[nn.Module]] = field(default_factory=dict, repr=False)
+    prepared: dict[Any, list[nn.Module]] = field(default_factory=dict, repr=False)  # (device, precision) -> nets
 
     @property
     def n_folds(self) -> int:

@@ -26,13 +26,13 @@ deterministic (same input, same engine, same thread count -> same scores).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from .. import grid
-from ..types import ModelScores
+from ..types import PRECISION_CHOICES, ModelScores, Precision
 from .device import resolve_device
 from .engines import EngineCandidate, PreparedEngine, candidates, prepare_engine
 from .package import ModelPackage
@@ -47,11 +47,7 @@ __all__ = [
     "check_model_input",
 ]
 
-Precision = Literal[
-    "auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16", "onnxruntime", "compile"
-]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fast", "fused", "bf16", "fp16", "openvino", "openvino-bf16",
-                               "onnxruntime", "compile")
+PRECISIONS = PRECISION_CHOICES
 #: An explicit ``precision`` as (engine, precision) of :mod:`bids_app.models.engines`.
 _EXPLICIT: dict[str, tuple[str, str]] = {
     "fp32": ("torch-eager", "fp32"), "fast": ("torch-fast", "fp32"), "fused": ("torch-fused", "fp32"),
@@ -96,7 +92,7 @@ def prepare(package: ModelPackage, device: torch.device, precision: str = "auto"
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     key = ("engine", str(device), precision, threads or torch.get_num_threads())
-    cached: Any = package._prepared.get(key)
+    cached: Any = package.prepared.get(key)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     if precision == "auto":
@@ -111,7 +107,7 @@ def prepare(package: ModelPackage, device: torch.device, precision: str = "auto"
         torch.backends.cudnn.benchmark = True  # one input size: autotuned kernels pay from the second pass on
     prepared = prepare_engine(package.folds, device, order, rule=rule, name=package.name,
                               weights_sha256=package.sha256, threads=threads)
-    package._prepared[key] = prepared  # type: ignore[assignment]
+    package.prepared[key] = prepared  # type: ignore[assignment]
     return prepared
 
 

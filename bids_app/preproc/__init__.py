@@ -17,11 +17,11 @@ import os
 from pathlib import Path
 
 from ..errors import BackendUnavailableError, UsageError
-from ..types import PreprocBackend
+from ..types import BACKEND_NAMES, PreprocBackend
 
 __all__ = ["BACKENDS", "get_backend", "resolve_backend_name"]
 
-BACKENDS: tuple[str, ...] = ("clinica", "ants", "derivatives")
+BACKENDS = BACKEND_NAMES
 
 _log = logging.getLogger("bids_app.preproc")
 

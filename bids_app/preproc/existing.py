@@ -31,6 +31,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from .._io import sha256_file
 from ..errors import InputDataError, NoInputError, NoMatchError
@@ -56,7 +57,7 @@ def load_map(path: Path) -> tuple[np.ndarray, bool]:
         data = to_grid(img)
     except InputDataError:
         raise
-    except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError) as exc:
+    except (OSError, EOFError, ValueError, ImageFileError) as exc:
         raise InputDataError(f"{path}: cannot read this GM map ({exc})") from exc
     if not np.isfinite(data).any() or not np.nanmax(np.abs(data)) > 0:
         raise InputDataError(f"{path}: the GM map is empty (all zero or NaN) on the SPM grid")
@@ -151,9 +152,7 @@ class DerivativesBackend:
                 text = str(path.relative_to(self.root))
                 if f"ses-{unit.session}" not in text:
                     return False
-            if unit.run and f"run-{unit.run}" not in path.name:
-                return False
-            return True
+            return not (unit.run and f"run-{unit.run}" not in path.name)
 
         gmd = [p for p in self.root.rglob("wc1*.nii*") if matches(p)]
         gmv = [p for p in self.root.rglob("mwc1*.nii*") if matches(p)]

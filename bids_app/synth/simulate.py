@@ -107,6 +107,11 @@ class SubjectParams:
     warp_mm: float  # SD of the random smooth displacement
 
 
+def _three(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
 def draw_sites(sites: int, seed: int) -> list[SiteParams]:
     """Draw ``sites`` acquisition protocols from ``seed`` (deterministic)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xA11]))
@@ -124,9 +129,9 @@ def draw_sites(sites: int, seed: int) -> list[SiteParams]:
                 manufacturer=vendor,
                 model=model,
                 field_strength=field,
-                voxel_size=tuple(float(v) for v in vox),
+                voxel_size=_three(vox),
                 axcodes=axc,
-                obliquity_deg=tuple(float(a) for a in np.round(rng.uniform(-6, 6, 3), 2)),
+                obliquity_deg=_three(np.round(rng.uniform(-6, 6, 3), 2)),
                 bias_amplitude=float(rng.uniform(0.05, 0.25 if field > 2 else 0.15)),
                 noise_sd=float(rng.uniform(0.015, 0.03) * (1.5 if field < 2 else 1.0)),
                 gm_contrast=float(rng.uniform(0.55, 0.68) + (0.04 if field < 2 else 0.0)),
@@ -302,7 +307,7 @@ def _native_grid(tmpl: TemplateAnatomy, site: SiteParams, m: np.ndarray) -> tupl
     in_grid = np.linalg.inv(a3) @ subj
     lo_g = in_grid.min(1) - 4.0 / np.array(site.voxel_size)
     hi_g = in_grid.max(1) + 4.0 / np.array(site.voxel_size)
-    shape = tuple(int(np.ceil(h - l)) for l, h in zip(lo_g, hi_g))
+    shape = tuple(int(np.ceil(hi - lo)) for lo, hi in zip(lo_g, hi_g))
     affine = np.eye(4)
     affine[:3, :3] = a3
     affine[:3, 3] = a3 @ np.floor(lo_g)
@@ -342,7 +347,9 @@ def _save_nifti(path: Path, img: nib.Nifti1Image) -> None:
         nib.save(img, tmp)
 
 
-def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False) -> dict[str, Any]:
+def _simulate_subject(
+    out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False
+) -> dict[str, Any]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index]))
     tmpl = template_anatomy()
     warp = _make_warp(tmpl, subj, rng)
@@ -413,7 +420,10 @@ def _simulate_subject(out: Path, site: SiteParams, subj: SubjectParams, seed: in
             "VentricleExpansion": subj.ventricle_expansion,
         },
     )
-    native_gm_ml, native_shape = (math.nan, "n/a") if maps_only else _write_native(out, site, subj, tmpl, warp, m, t1_t, gm_s, rng)
+    if maps_only:
+        native_gm_ml, native_shape = math.nan, "n/a"
+    else:
+        native_gm_ml, native_shape = _write_native(out, site, subj, tmpl, warp, m, t1_t, gm_s, rng)
     return {
         "participant_id": pid,
         "native_gm_volume_ml": round(native_gm_ml, 3),
@@ -444,7 +454,9 @@ def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: Templa
     del yc
     t1 *= _bias(shape_n, site.bias_amplitude, rng)
     sd = site.noise_sd
-    t1 = np.sqrt((t1 + rng.normal(0, sd, shape_n).astype(np.float32)) ** 2 + rng.normal(0, sd, shape_n).astype(np.float32) ** 2)
+    real = t1 + rng.normal(0, sd, shape_n).astype(np.float32)
+    imag = rng.normal(0, sd, shape_n).astype(np.float32)
+    t1 = np.sqrt(real**2 + imag**2)
     t1 = np.clip(np.round(t1 * 1000.0 * site.gain), 0, 32767).astype(np.int16)
 
     pid = subj.participant_id
@@ -536,7 +548,7 @@ def simulate_dataset(
         faster; for training on the true SPM-grid maps). The truth is identical to a full run's.
     """
     if participants < 1:
-        raise UsageError(f"--participants must be >= 1, got {participants}")
+        raise UsageError(f"the number of participants (--n-participants) must be >= 1, got {participants}")
     if not 1 <= sites <= participants:
         raise UsageError(f"--sites must be between 1 and the number of participants ({participants}), got {sites}")
     out = Path(out)

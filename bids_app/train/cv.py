@@ -18,12 +18,11 @@ that its stems can seed the AD folds without leaking test sites.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +32,7 @@ from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import atomic_path, write_json
 from ..errors import InputDataError, UsageError
 from ..metrics import METRIC_NAMES, binary_metrics, subsample_intervals
+from ..types import AD_ARCHITECTURES, TASK_CHOICES, ADArchitecture, DeviceName, TaskName, WeightsDtype
 from .data import collect_cohort, load_inputs, maps_origin
 from .folds import inner_validation_split, site_folds
 from .loop import OptimConfig, evaluate, resolve_device, train_network
@@ -44,6 +44,7 @@ __all__ = [
     "TaskResult",
     "train_cohort",
     "make_card",
+    "task_labels",
     "write_report",
 ]
 
@@ -67,24 +68,27 @@ class TrainConfig:
     width: float = 1.0
     blocks: tuple[int, int, int] = (5, 10, 5)
     dropout: float = 0.5
-    ad_architecture: Literal["irv2_ad_optimised", "irv2_ad_intact"] = "irv2_ad_optimised"
+    ad_architecture: ADArchitecture = "irv2_ad_optimised"
     sex_optim: OptimConfig = DEFAULT_OPTIM["sex"]
     ad_optim: OptimConfig = DEFAULT_OPTIM["ad"]
     seed: int = 0
-    device: str = "auto"
-    weights_dtype: Literal["float32", "float16"] = "float32"
+    device: DeviceName = "auto"
+    weights_dtype: WeightsDtype = "float32"
     name_prefix: str = "vbm-predict"
     version: str = "0.1.0"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise UsageError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
-        if self.ad_architecture not in ("irv2_ad_optimised", "irv2_ad_intact"):
-            raise UsageError(f"--ad-architecture must be irv2_ad_optimised or irv2_ad_intact, got {self.ad_architecture!r}")
+        if self.ad_architecture not in AD_ARCHITECTURES:
+            raise UsageError(
+                f"--ad-architecture must be one of {', '.join(AD_ARCHITECTURES)}; got {self.ad_architecture!r}"
+            )
 
     @property
     def net_params(self) -> dict[str, Any]:
-        return {"width": float(self.width), "blocks": [int(b) for b in self.blocks], "in_channels": 2, "dropout": float(self.dropout)}
+        return {"width": float(self.width), "blocks": [int(b) for b in self.blocks], "in_channels": 2,
+                "dropout": float(self.dropout)}
 
 
 @dataclass
@@ -102,7 +106,7 @@ class TaskResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _labels(rows: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
+def task_labels(rows: pd.DataFrame, task: str) -> tuple[np.ndarray, np.ndarray]:
     """(usable row mask, 0/1 labels) for ``task``: sex male = 1; AD = 1, CN = 0 (MCI left out)."""
     if task == "sex":
         col = rows["sex"].astype("string")
@@ -134,7 +138,7 @@ def _cv_task(
 ) -> TaskResult:
     from ..models import build_network
 
-    ok, y = _labels(rows, task)
+    ok, y = task_labels(rows, task)
     arch = "irv2_sex" if task == "sex" else cfg.ad_architecture
     optim = cfg.sex_optim if task == "sex" else cfg.ad_optim
     device = resolve_device(cfg.device)
@@ -144,7 +148,8 @@ def _cv_task(
         test = ok & (fold_of_row == k)
         pool = ok & (fold_of_row != k)
         pool_idx = np.flatnonzero(pool)
-        val_mask = inner_validation_split(rows["participant_id"].to_numpy()[pool_idx], y[pool_idx], cfg.val_fraction, seed=cfg.seed + k)
+        pool_ids = rows["participant_id"].to_numpy()[pool_idx]
+        val_mask = inner_validation_split(pool_ids, y[pool_idx], cfg.val_fraction, seed=cfg.seed + k)
         tr_idx, va_idx, te_idx = pool_idx[~val_mask], pool_idx[val_mask], np.flatnonzero(test)
         assert not set(rows["participant_id"].iloc[te_idx]) & set(rows["participant_id"].iloc[pool_idx])
         if len(tr_idx) == 0:
@@ -152,10 +157,11 @@ def _cv_task(
         done = ckdir / f"{task}_fold{k}_best.pt"
         if done.is_file():
             saved = torch.load(done, map_location="cpu", weights_only=True)
-            state, best_epoch, best_val, history = saved["state"], int(saved["best_epoch"]), float(saved["best_val"]), saved["history"]
+            state, history = saved["state"], saved["history"]
+            best_epoch, best_val = int(saved["best_epoch"]), float(saved["best_val"])
             net = build_network(arch, **cfg.net_params)
             net.load_state_dict(state)
-            net.to(device).to(memory_format=torch.channels_last_3d)
+            net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             _log.info("%s fold %d: finished earlier, loaded %s", task, k, done)
         else:
             torch.manual_seed(cfg.seed * 1000 + k)
@@ -171,7 +177,10 @@ def _cv_task(
             with atomic_path(done, suffix=".pt") as tmp:
                 torch.save({"state": state, "best_epoch": best_epoch, "best_val": best_val, "history": history}, tmp)
         states.append(state)
-        scores, test_loss = evaluate(net, x[te_idx], y[te_idx].astype(np.float32), device) if len(te_idx) else (np.array([]), math.nan)
+        if len(te_idx):
+            scores, test_loss = evaluate(net, x[te_idx], y[te_idx].astype(np.float32), device)
+        else:
+            scores, test_loss = np.array([]), math.nan
         m = _metric_row(y[te_idx], scores)
         fold_rows.append(
             {"fold": k, "test_sites": ";".join(sorted(set(rows["site"].iloc[te_idx]))) or "n/a",
@@ -197,7 +206,8 @@ def _pooled(preds: pd.DataFrame, seed: int) -> pd.DataFrame:
     vals = binary_metrics(y, s, 0.5)
     ci = subsample_intervals(y, s, 0.5, seed=seed)
     return pd.DataFrame([{"metric": k, "value": v, "ci_low": ci.get(k, (math.nan,) * 2)[0],
-                          "ci_high": ci.get(k, (math.nan,) * 2)[1], "n": len(y)} for k, v in vals.items() if k in METRIC_NAMES])
+                          "ci_high": ci.get(k, (math.nan,) * 2)[1], "n": len(y)}
+                         for k, v in vals.items() if k in METRIC_NAMES])
 
 
 def make_card(result: TaskResult, cfg: TrainConfig, *, origin: str, synthetic: bool, data_note: str) -> dict[str, Any]:
@@ -234,7 +244,8 @@ def make_card(result: TaskResult, cfg: TrainConfig, *, origin: str, synthetic: b
         "thresholds": thresholds,
         "training": training,
         "metrics": metrics,
-        "licence": ("Apache-2.0; " + SYNTHETIC_NOTE if synthetic else "as the training data allow") + ". " + RESEARCH_USE_NOTICE,
+        "licence": ("Apache-2.0; " + SYNTHETIC_NOTE if synthetic else "as the training data allow")
+        + ". " + RESEARCH_USE_NOTICE,
         "provenance": {"folds": "one network per leave-sites-out fold; the app averages their scores"},
     }
 
@@ -250,7 +261,8 @@ def write_report(out: Path, results: Sequence[TaskResult]) -> list[Path]:
     rep = out / "report"
     written = []
     for r in results:
-        for name, table in (("folds", r.fold_table), ("pooled", r.pooled), ("predictions", r.predictions), ("history", r.history)):
+        tables = (("folds", r.fold_table), ("pooled", r.pooled), ("predictions", r.predictions), ("history", r.history))
+        for name, table in tables:
             p = rep / f"{r.task}_{name}.tsv"
             with atomic_path(p, suffix=".tsv") as tmp:
                 table.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
@@ -279,7 +291,7 @@ def train_cohort(
     out: Path,
     cfg: TrainConfig,
     *,
-    tasks: Sequence[str] = ("sex", "ad"),
+    tasks: Sequence[TaskName] = TASK_CHOICES,
     origin: str | None = None,
     synthetic: bool | None = None,
     progress: bool = False,
@@ -293,8 +305,8 @@ def train_cohort(
     from ..models import save_package
 
     for t in tasks:
-        if t not in ("sex", "ad"):
-            raise UsageError(f"--tasks must be among sex, ad; got {t!r}")
+        if t not in TASK_CHOICES:
+            raise UsageError(f"--tasks must be among {', '.join(TASK_CHOICES)}; got {t!r}")
     if "ad" in tasks and "sex" not in tasks:
         raise UsageError("the AD model is transferred from the sex model: train 'sex' and 'ad' together")
     out = Path(out)
@@ -304,13 +316,14 @@ def train_cohort(
     synthetic = auto_synth if synthetic is None else synthetic
     # folds on the AD labels when AD is trained (its balance matters most), otherwise on sex
     balance_task = "ad" if "ad" in tasks else "sex"
-    ok, y = _labels(rows, balance_task)
+    ok, y = task_labels(rows, balance_task)
     folds = site_folds(rows["participant_id"], rows["site"], np.where(ok, y, 0), cfg.folds,
                        n_allocations=cfg.n_allocations, seed=cfg.seed)
     rows = rows.assign(fold=folds)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "report" / "folds_sites.tsv", suffix=".tsv") as tmp:
-        rows[["participant_id", "prefix", "site", "fold", "sex", "diagnosis"]].to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+        columns = ["participant_id", "prefix", "site", "fold", "sex", "diagnosis"]
+        rows[columns].to_csv(tmp, sep="\t", index=False, na_rep="n/a")
     x = load_inputs(rows, progress=progress)
     results = []
     sex_res = _cv_task("sex", rows, x, folds, cfg, out, stems=None, progress=progress)

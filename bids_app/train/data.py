@@ -33,7 +33,9 @@ _log = logging.getLogger("bids_app.train")
 
 #: participants.tsv columns (lower-cased) that name the acquisition site, first match wins
 SITE_COLUMNS: tuple[str, ...] = ("site", "site_id", "centre", "center", "scanner", "dataset")
-_GMD_RE = re.compile(rf"^(?P<prefix>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_space-{SPACE}_label-GM_probseg\.nii(\.gz)?$")
+_GMD_RE = re.compile(
+    rf"^(?P<prefix>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_space-{SPACE}_label-GM_probseg\.nii(\.gz)?$"
+)
 
 
 def collect_cohort(derivatives_dir: Path, participants_tsv: Path) -> pd.DataFrame:

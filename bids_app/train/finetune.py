@@ -17,7 +17,7 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,8 @@ import torch
 from .._io import atomic_path
 from ..errors import InputDataError, UsageError
 from ..metrics import binary_metrics
-from .cv import _labels
+from ..types import FREEZE_CHOICES, DeviceName, FreezeName
+from .cv import task_labels
 from .data import collect_cohort, load_inputs, maps_origin
 from .folds import inner_validation_split
 from .loop import OptimConfig, evaluate, resolve_device, set_trainable, train_network
@@ -36,20 +37,21 @@ __all__ = ["finetune_package", "frozen_modules"]
 _log = logging.getLogger("bids_app.train")
 
 
-def frozen_modules(net: torch.nn.Module, freeze: Literal["none", "low", "high"]) -> list[torch.nn.Module]:
+def frozen_modules(net: torch.nn.Module, freeze: FreezeName) -> list[torch.nn.Module]:
     """Modules to freeze: ``low`` = the stem's layers, ``high`` = every weighted layer after the stem."""
     if freeze == "none":
         return []
     stem_names = set(getattr(net, "stem_names", ()))
     if not stem_names:
         raise UsageError("--freeze low/high needs a network with a stem (irv2_* architectures)")
-    stem_mods = list(net.stem.values())  # type: ignore[union-attr]
+    stem_mods = list(net.stem.values())  # type: ignore[operator]
     if freeze == "low":
         return stem_mods
     if freeze == "high":
         stem_ids = {id(p) for m in stem_mods for p in m.parameters()}
-        return [m for m in net.modules() if list(m.parameters(recurse=False)) and not any(id(p) in stem_ids for p in m.parameters(recurse=False))]
-    raise UsageError(f"--freeze must be none, low or high; got {freeze!r}")
+        return [m for m in net.modules() if list(m.parameters(recurse=False))
+                and not any(id(p) in stem_ids for p in m.parameters(recurse=False))]
+    raise UsageError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}; got {freeze!r}")
 
 
 def finetune_package(
@@ -59,34 +61,39 @@ def finetune_package(
     out: Path,
     *,
     fraction: float = 0.2,
-    freeze: Literal["none", "low", "high"] = "none",
+    freeze: FreezeName = "none",
     sites: Sequence[str] | None = None,
-    optim: OptimConfig = OptimConfig(),
+    optim: OptimConfig | None = None,
     seed: int = 0,
-    device: str = "auto",
+    device: DeviceName = "auto",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune every fold of ``package``; write the new package to ``out/model`` and a report.
 
     Returns ``{"package": Path, "table": DataFrame}`` where the table holds, per fold, the metrics
-    on the held-out participants before and after fine-tuning.
+    on the held-out participants before and after fine-tuning. ``optim`` defaults to
+    :class:`OptimConfig` ``()``, the reference AD transfer settings.
     """
     from ..models import load_package, save_package
 
     if not 0.0 < fraction < 1.0:
         raise UsageError(f"--fraction must be in (0, 1), got {fraction}")
-    if freeze not in ("none", "low", "high"):
-        raise UsageError(f"--freeze must be none, low or high; got {freeze!r}")
+    if freeze not in FREEZE_CHOICES:
+        raise UsageError(f"--freeze must be one of {', '.join(FREEZE_CHOICES)}; got {freeze!r}")
+    optim = OptimConfig() if optim is None else optim
     pkg = load_package(package)
     rows = collect_cohort(derivatives_dir, participants_tsv)
     if sites:
         rows = rows[rows["site"].isin(list(sites))].reset_index(drop=True)
         if rows.empty:
             raise InputDataError(f"{participants_tsv}: no participant at site(s) {', '.join(sites)}")
-    ok, y = _labels(rows, pkg.task)
+    ok, y = task_labels(rows, pkg.task)
     rows, y = rows[ok].reset_index(drop=True), y[ok]
     if len(rows) < 4 or len(set(y.tolist())) < 2:
-        raise InputDataError(f"{participants_tsv}: fine-tuning needs at least 4 labelled participants of both classes for task {pkg.task!r}")
+        raise InputDataError(
+            f"{participants_tsv}: fine-tuning needs at least 4 labelled participants of both classes "
+            f"for task {pkg.task!r}"
+        )
     tune = inner_validation_split(rows["participant_id"].to_numpy(), y, fraction, seed=seed)
     tune_idx, test_idx = np.flatnonzero(tune), np.flatnonzero(~tune)
     val_mask = np.zeros(len(tune_idx), dtype=bool)
@@ -102,11 +109,13 @@ def finetune_package(
         before, _ = evaluate(net.to(dev), x[test_idx], None, dev)
         set_trainable(net, frozen_modules(net, freeze))
         res = train_network(net, x[tr_idx], y[tr_idx], x[va_idx], y[va_idx], optim, device=dev, seed=seed + k,
-                            checkpoint=out / "checkpoints" / f"fold{k}.pt", progress=progress, desc=f"finetune fold {k}")
+                            checkpoint=out / "checkpoints" / f"fold{k}.pt", progress=progress,
+                            desc=f"finetune fold {k}")
         after, _ = evaluate(net, x[test_idx], None, dev)
         states.append(res.best_state)
         mb, ma = binary_metrics(y[test_idx], before), binary_metrics(y[test_idx], after)
-        table.append({"fold": k, "n_tune": len(tr_idx), "n_val": len(va_idx), "n_test": len(test_idx), "best_epoch": res.best_epoch,
+        table.append({"fold": k, "n_tune": len(tr_idx), "n_val": len(va_idx), "n_test": len(test_idx),
+                      "best_epoch": res.best_epoch,
                       **{f"before_{m}": mb[m] for m in ("accuracy", "balanced_accuracy", "roc_auc")},
                       **{f"after_{m}": ma[m] for m in ("accuracy", "balanced_accuracy", "roc_auc")}})
     tab = pd.DataFrame(table)

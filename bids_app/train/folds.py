@@ -11,9 +11,10 @@ A participant belongs to exactly one site (checked), so no participant is ever s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import InputDataError, UsageError
 
@@ -33,8 +34,8 @@ def _imbalance(assign: np.ndarray, site_n: np.ndarray, site_pos: np.ndarray, k: 
 
 
 def allocate_sites(
-    sites: Sequence[str],
-    labels: Sequence[int],
+    sites: ArrayLike,
+    labels: ArrayLike,
     k: int,
     *,
     n_allocations: int = 10000,
@@ -45,15 +46,17 @@ def allocate_sites(
     ``sites`` and ``labels`` (0/1) are per participant. Raises UsageError when there are fewer
     sites than folds.
     """
-    sites = np.asarray(sites, dtype=object)
+    site_of = np.asarray(sites, dtype=object)
     y = np.asarray(labels, dtype=float)
-    names = sorted(set(sites.tolist()))
+    names = sorted(set(site_of.tolist()))
     if k < 2:
         raise UsageError(f"--folds must be at least 2, got {k}")
     if len(names) < k:
-        raise UsageError(f"leave-sites-out with {k} folds needs at least {k} sites; the data have {len(names)} ({', '.join(names)})")
-    site_n = np.array([(sites == s).sum() for s in names], dtype=float)
-    site_pos = np.array([y[sites == s].sum() for s in names], dtype=float)
+        raise UsageError(
+            f"leave-sites-out with {k} folds needs at least {k} sites; the data have {len(names)} ({', '.join(names)})"
+        )
+    site_n = np.array([(site_of == s).sum() for s in names], dtype=float)
+    site_pos = np.array([y[site_of == s].sum() for s in names], dtype=float)
     rng = np.random.default_rng(seed)
     best, best_score = None, np.inf
     for _ in range(int(n_allocations)):
@@ -71,9 +74,9 @@ def allocate_sites(
 
 
 def site_folds(
-    participant_ids: Sequence[str],
-    sites: Sequence[str],
-    labels: Sequence[int],
+    participant_ids: ArrayLike,
+    sites: ArrayLike,
+    labels: ArrayLike,
     k: int,
     *,
     n_allocations: int = 10000,
@@ -85,21 +88,23 @@ def site_folds(
     with two different sites is refused, so a participant can never be in two folds.
     """
     pids = np.asarray(participant_ids, dtype=object)
-    sites = np.asarray(sites, dtype=object)
+    site_of = np.asarray(sites, dtype=object)
     seen: dict[str, str] = {}
-    for p, s in zip(pids, sites):
+    for p, s in zip(pids, site_of):
         if seen.setdefault(p, s) != s:
-            raise InputDataError(f"participant {p} appears with two sites ({seen[p]!r} and {s!r}); one site per participant")
+            raise InputDataError(
+                f"participant {p} appears with two sites ({seen[p]!r} and {s!r}); one site per participant"
+            )
     # one vote per participant, not per map, for the balance
     first = {p: i for i, p in reversed(list(enumerate(pids)))}
     idx = np.array(sorted(first.values()))
-    mapping = allocate_sites(sites[idx], np.asarray(labels)[idx], k, n_allocations=n_allocations, seed=seed)
-    return np.array([mapping[s] for s in sites], dtype=int)
+    mapping = allocate_sites(site_of[idx], np.asarray(labels)[idx], k, n_allocations=n_allocations, seed=seed)
+    return np.array([mapping[s] for s in site_of], dtype=int)
 
 
 def inner_validation_split(
-    participant_ids: Sequence[str],
-    labels: Sequence[int],
+    participant_ids: ArrayLike,
+    labels: ArrayLike,
     fraction: float,
     *,
     seed: int = 0,
@@ -113,7 +118,7 @@ def inner_validation_split(
     pids = np.asarray(participant_ids, dtype=object)
     y = np.asarray(labels, dtype=int)
     rng = np.random.default_rng(seed)
-    per_pid = {}
+    per_pid: dict[Any, int] = {}
     for p, lab in zip(pids, y):
         per_pid.setdefault(p, lab)
     chosen: set = set()

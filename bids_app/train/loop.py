@@ -16,16 +16,26 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from .._io import atomic_path
+from ..errors import InputDataError, UsageError
 from ..models.device import resolve_device
+from ..types import OPTIMIZER_CHOICES, OptimizerName
 
-__all__ = ["OptimConfig", "TrainResult", "train_network", "evaluate", "resolve_device", "set_trainable", "recalibrate_batchnorm"]
+__all__ = [
+    "OptimConfig",
+    "TrainResult",
+    "train_network",
+    "evaluate",
+    "resolve_device",
+    "set_trainable",
+    "recalibrate_batchnorm",
+]
 
 _log = logging.getLogger("bids_app.train")
 
@@ -35,7 +45,7 @@ class OptimConfig:
     """Optimiser settings. Defaults: the reference AD transfer (DESIGN s2: SGD lr 3e-4, Nesterov 0.9,
     decay 1e-3, batch 24, 10 epochs); the sex pretraining used lr 0.01 and decay 3e-3."""
 
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    optimizer: OptimizerName = "sgd"
     lr: float = 3e-4
     momentum: float = 0.9
     nesterov: bool = True
@@ -44,14 +54,14 @@ class OptimConfig:
     epochs: int = 10
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZER_CHOICES:
+            raise UsageError(f"--optimizer must be one of {', '.join(OPTIMIZER_CHOICES)}; got {self.optimizer!r}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise UsageError(f"the learning rate must be > 0; got {self.lr}")
         if self.decay < 0:
-            raise ValueError(f"decay must be >= 0, got {self.decay}")
+            raise UsageError(f"the learning-rate decay must be >= 0; got {self.decay}")
         if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError(f"batch_size and epochs must be >= 1, got {self.batch_size}, {self.epochs}")
+            raise UsageError(f"--batch-size and --epochs must be >= 1; got {self.batch_size} and {self.epochs}")
 
 
 @dataclass
@@ -90,8 +100,9 @@ def recalibrate_batchnorm(net: nn.Module, x: np.ndarray, device: torch.device, b
     (momentum 1/(t+1) at batch t) gives the population statistics of the current weights.
     BatchNorm layers whose parameters are frozen keep theirs.
     """
-    bns = [m for m in net.modules() if hasattr(m, "running_mean") and hasattr(m, "momentum")
-           and any(p.requires_grad for p in m.parameters(recurse=False))]
+    # Any: torch's and the Keras-style BatchNorm both have running_mean, running_var and momentum
+    bns: list[Any] = [m for m in net.modules() if hasattr(m, "running_mean") and hasattr(m, "momentum")
+                      and any(p.requires_grad for p in m.parameters(recurse=False))]
     if not bns or len(x) == 0:
         return
     saved = [m.momentum for m in bns]
@@ -122,7 +133,9 @@ def _to_device(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Te
     return xb.contiguous(memory_format=torch.channels_last_3d)
 
 
-def evaluate(net: nn.Module, x: np.ndarray, y: np.ndarray | None, device: torch.device, batch_size: int = 4) -> tuple[np.ndarray, float]:
+def evaluate(
+    net: nn.Module, x: np.ndarray, y: np.ndarray | None, device: torch.device, batch_size: int = 4
+) -> tuple[np.ndarray, float]:
     """Sigmoid scores of ``net`` on ``x`` and the mean BCE loss against ``y`` (nan without ``y``)."""
     net.eval()
     scores = np.empty(len(x), dtype=np.float64)
@@ -162,12 +175,14 @@ def train_network(
     state is saved after every epoch; if it exists the run resumes from it.
     """
     if len(x_train) == 0:
-        raise ValueError("no training data")
+        raise InputDataError("no training data: the training split holds no participant")
     torch.manual_seed(seed)
     net.to(device).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     params = [p for p in net.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov
+        )
     else:
         opt = torch.optim.Adam(params, lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1.0 + config.decay * t))
@@ -223,7 +238,8 @@ def train_network(
             best_val = val_loss if len(x_val) else math.nan
             best_epoch = epoch
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
-        _log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f", desc, epoch, train_loss, val_loss, val_acc)
+        _log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f",
+                  desc, epoch, train_loss, val_loss, val_acc)
         if checkpoint is not None:
             _save_checkpoint(
                 Path(checkpoint),

@@ -2,12 +2,12 @@
 
 Every file is written with the app's own writers (:func:`bids_app.derivatives.write_predictions`,
 :func:`~bids_app.derivatives.write_map`, :func:`~bids_app.derivatives.init_dataset`), so the tests
-read exactly what the participant level writes. No test functions here.
+read exactly what the participant level writes. The input datasets come from
+:func:`tests.conftest.make_bids`.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,20 +24,7 @@ from bids_app.derivatives import (
 )
 from bids_app.types import T1wUnit
 
-__all__ = ["make_bids", "make_unit", "prediction_row", "write_unit", "write_maps", "init_output"]
-
-
-def make_bids(root: Path, participants: str | None, sidecar: dict | None = None) -> Path:
-    """An input dataset: dataset_description.json and, when given, participants.tsv (+ .json)."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(
-        json.dumps({"Name": "test", "BIDSVersion": "1.10.0", "DatasetType": "raw"})
-    )
-    if participants is not None:
-        (root / "participants.tsv").write_text(participants)
-    if sidecar is not None:
-        (root / "participants.json").write_text(json.dumps(sidecar))
-    return root
+__all__ = ["make_unit", "prediction_row", "write_unit", "write_maps", "init_output"]
 
 
 def make_unit(bids_dir: Path, sub: str, ses: str | None = None, run: str | None = None) -> T1wUnit:
