@@ -39,6 +39,8 @@ class UnitOptions:
     ad_threshold: float = 0.5
     device: str = "auto"
     write_report: bool = True
+    #: explanation maps (:class:`bids_app.explain.ExplainOptions`); None = none
+    explain: Any = None
 
 
 @dataclass
@@ -262,6 +264,15 @@ def process_unit(
     result.step = "writing predictions"
     rows = prediction_rows(unit, options.bids_dir, maps, qc, scored, ad_threshold=options.ad_threshold)
     result.outputs.append(write_predictions(predictions_path(options.output_dir, unit), rows))
+
+    if options.explain is not None and options.explain.methods:
+        result.step = "explanations"
+        from .explain import write_explanations
+
+        result.outputs.extend(
+            write_explanations(options.output_dir, unit, packages, x[0], options.explain,
+                               device=options.device, cache_dir=work / "explain")
+        )
 
     if options.write_report:
         result.step = "report"

@@ -79,6 +79,7 @@ def _run_subcommand(argv: Sequence[str]) -> int:
 
 def _run_bids_app(argv: Sequence[str]) -> int:
     from ..workflows import run_group_level, run_participant_level
+    from .parser import explain_options
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -104,6 +105,7 @@ def _run_bids_app(argv: Sequence[str]) -> int:
             skip_validation=args.skip_bids_validation,
             dartel_template=args.dartel_template,
             write_report=args.reports,
+            explain=explain_options(args),
         )
         print(summary.text())
         return summary.exit_code
