@@ -161,7 +161,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mean0 - mean1) ** 2
     between[w1 == 0] = -1.0
-    return float(edges[int(np.argmax(between)) + 1])
+    # well separated classes give a plateau of equal maxima (every cut in the gap): take its middle
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(edges[int(best[len(best) // 2]) + 1])
 
 
 def threshold_value(values: np.ndarray, method: str, *, percentile: float = 95.0, k: float = 1.0) -> float:
