@@ -27,7 +27,13 @@ import numpy as np
 import torch
 
 from bids_app import grid
-from bids_app.explain.occlusion import OcclusionEngine, OcclusionParams, drops_to_map, occlusion_naive, window_positions
+from bids_app.explain.occlusion import (
+    OcclusionEngine,
+    OcclusionParams,
+    drops_to_map,
+    occlusion_naive,
+    window_positions,
+)
 from bids_app.models import KerasBatchNorm3d, build_network
 from bids_app.models.fast import OneDNNGraphNet
 

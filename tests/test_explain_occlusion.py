@@ -135,7 +135,7 @@ def _graph(nodes, shape):
 
 
 def test_hand_made_graph_with_other_operators_whole_map_with_mask():
-    conv = lambda f, k, s=1, p="same", d=1, a="linear": {  # noqa: E731
+    conv = lambda f, k, s=1, p="same", d=1, a="linear": {
         "filters": f, "kernel_size": k, "strides": s, "padding": p, "dilation_rate": d, "activation": a, "use_bias": True}
     nodes = [
         ("in", "input", (), {}),

@@ -93,7 +93,7 @@ def test_aal_summary_names_real_regions(mni_gm_maps):
             raise
         pytest.skip(str(exc))
     value = np.zeros(grid.SPM_SHAPE, dtype=np.float32)
-    hippo = [i for i, n in atlas.names.items() if n == "Hippocampus_L"][0]
+    hippo = next(i for i, n in atlas.names.items() if n == "Hippocampus_L")
     value[atlas.labels == hippo] = 1.0
     table = atlas_mod.top_regions(value, atlas, n=3)
     assert table.iloc[0]["region"] == "Hippocampus_L" and table.iloc[0]["share_positive"] == pytest.approx(1.0)
@@ -122,3 +122,14 @@ def test_cli_defaults_and_bad_values():
     assert opts.methods == ("occlusion",) and (opts.occlusion_params().cube, opts.occlusion_params().step) == (12, 6)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bids", "out", "participant", "--occlusion-cube", "10"])
+
+
+def test_demo_sets_explain():
+    import argparse
+
+    from bids_app.cli import demo_cmd
+
+    parser = argparse.ArgumentParser()
+    demo_cmd.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["demo", "out"])
+    assert args.explain == "all" and args.occlusion_step == 18.0

@@ -9,9 +9,29 @@
 """
 
 from .atlas import Atlas, AtlasUnavailable, load_atlas, top_regions
-from .gradcam import GradCAMResult, default_layer, gradcam, layer_placement, threshold_map
-from .maps import EXPLAIN_CHOICES, METHODS, MODEL_DESC, ExplainOptions, ExplanationMap, explain_package
-from .occlusion import OcclusionEngine, OcclusionParams, OcclusionResult, occlusion_fast, occlusion_naive, window_positions
+from .gradcam import (
+    GradCAMResult,
+    default_layer,
+    gradcam,
+    layer_placement,
+    threshold_map,
+)
+from .maps import (
+    EXPLAIN_CHOICES,
+    METHODS,
+    MODEL_DESC,
+    ExplainOptions,
+    ExplanationMap,
+    explain_package,
+)
+from .occlusion import (
+    OcclusionEngine,
+    OcclusionParams,
+    OcclusionResult,
+    occlusion_fast,
+    occlusion_naive,
+    window_positions,
+)
 from .outputs import write_explanations
 
 __all__ = [

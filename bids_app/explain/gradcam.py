@@ -22,8 +22,9 @@ threshold computed inside the brain mask: a percentile, Otsu's threshold, or mea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,12 +35,12 @@ __all__ = [
     "THRESHOLD_METHODS",
     "GradCAMResult",
     "default_layer",
-    "layer_placement",
     "gradcam",
-    "upsample_to_input",
+    "layer_placement",
     "otsu_threshold",
-    "threshold_value",
     "threshold_map",
+    "threshold_value",
+    "upsample_to_input",
 ]
 
 ThresholdMethod = Literal["percentile", "otsu", "meansd"]

@@ -16,9 +16,10 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +48,7 @@ _THRESHOLDS: tuple[tuple[str, str], ...] = (("percentile", "Percentile"), ("otsu
 
 
 def _voxels(mm: float, what: str) -> int:
-    n = int(round(float(mm) / 1.5))
+    n = round(float(mm) / 1.5)
     if not np.isfinite(mm) or n < 1 or abs(n * 1.5 - float(mm)) > 1e-6:
         raise UsageError(f"{what} must be a positive multiple of the 1.5 mm grid spacing; got {mm} mm")
     return n
@@ -79,7 +80,7 @@ class ExplainOptions:
             raise UsageError("the occlusion batch size and the number of regions must be at least 1")
 
     @classmethod
-    def from_choice(cls, choice: str, **kwargs: Any) -> "ExplainOptions":
+    def from_choice(cls, choice: str, **kwargs: Any) -> ExplainOptions:
         """``--explain`` value (none / occlusion / gradcam / all) plus the other options."""
         if choice not in EXPLAIN_CHOICES:
             raise UsageError(f"--explain must be one of {', '.join(EXPLAIN_CHOICES)}; got {choice!r}")
@@ -183,7 +184,7 @@ def _occlusion(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.nd
             "StepMM": params.step * 1.5, "StepVoxels": params.step,
             "BaselineValue": params.baseline,
             "Score": "sigmoid output; ensemble = mean of the folds",
-            "WindowPositions": int(len(starts)), "WindowPositionsEvaluated": int(kept.sum()),
+            "WindowPositions": len(starts), "WindowPositionsEvaluated": int(kept.sum()),
             "PositionRule": "windows whose cube touches the brain mask; the others have drop 0 (the masked input equals the baseline there)",
             "Algorithm": "exact receptive-field-limited recomputation (bids_app.explain.occlusion)",
         },

@@ -41,8 +41,8 @@ in score on full-size networks, measured differences about 1e-6).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -52,14 +52,14 @@ from ..models.fast import fold_batchnorm
 from ..models.graph import ACTIVATIONS, GraphNet, Node, _same_pads, _triple
 
 __all__ = [
+    "OcclusionEngine",
     "OcclusionParams",
     "OcclusionResult",
-    "OcclusionEngine",
-    "window_starts",
-    "window_positions",
-    "occlusion_naive",
-    "occlusion_fast",
     "drops_to_map",
+    "occlusion_fast",
+    "occlusion_naive",
+    "window_positions",
+    "window_starts",
 ]
 
 _ELEMENTWISE = ("batchnorm", "activation", "dropout")

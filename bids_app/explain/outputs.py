@@ -15,19 +15,27 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import RESEARCH_USE_NOTICE, __version__, grid
 from .._io import write_json
-from ..derivatives import SPACE, explanation_path, map_path, predictions_path, write_map, write_table
+from ..derivatives import (
+    SPACE,
+    explanation_path,
+    map_path,
+    predictions_path,
+    write_map,
+    write_table,
+)
 from ..types import T1wUnit
 from .atlas import REGION_COLUMNS, AtlasUnavailable, load_atlas, top_regions
 from .maps import ExplainOptions, ExplanationMap, explain_package
 
-__all__ = ["write_explanations", "add_to_predictions_json"]
+__all__ = ["add_to_predictions_json", "write_explanations"]
 
 _log = logging.getLogger("bids_app.explain")
 
