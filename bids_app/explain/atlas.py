@@ -16,6 +16,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ def _load_atlas(folder: str) -> Atlas:
             parts = line.split()
             if len(parts) >= 2 and parts[0].isdigit():
                 names[int(parts[0])] = parts[1]
-        img = nib.load(img_path)
+        img: Any = nib.load(img_path)
         data = np.asarray(img.dataobj).reshape(img.shape[:3])
         src = nib.Nifti1Image(np.rint(data).astype(np.int32), img.affine)
         out = resample_img(
