@@ -40,6 +40,7 @@ __all__ = [
     "BIDSIGNORE",
     "map_path",
     "predictions_path",
+    "explanation_path",
     "failure_path",
     "log_path",
     "unit_output_names",
@@ -73,6 +74,10 @@ BIDSIGNORE = [
     "reports",  # no trailing slash: bids-validator-deno (2.x) flags the directory itself for "reports/"
     "logs/",
     "*.html",
+    "*_explanation.nii.gz",  # explanation maps (occlusion, Grad-CAM) and their atlas summaries
+    "*_explanation.json",
+    "*_regions.tsv",
+    "*_regions.json",
 ]
 
 #: Every column of ``*_predictions.tsv`` and ``group_predictions.tsv``: name -> description
@@ -165,6 +170,15 @@ def map_path(output_dir: Path, unit: T1wUnit, kind: str) -> Path:
 
 def predictions_path(output_dir: Path, unit: T1wUnit) -> Path:
     return _unit_dir(output_dir, unit) / f"{_entities_prefix(unit)}_predictions.tsv"
+
+
+def explanation_path(output_dir: Path, unit: T1wUnit, desc: str, suffix: str = "explanation") -> Path:
+    """Explanation map ``..._space-IXI549Space_desc-<method><Model>_explanation.nii.gz`` (``suffix``
+    ``explanation``) or its atlas summary ``..._regions.tsv`` (``suffix`` ``regions``)."""
+    if not desc.isalnum():
+        raise UsageError(f"a desc label must be alphanumeric; got {desc!r}")
+    ext = {"explanation": ".nii.gz", "regions": ".tsv"}[suffix]
+    return _unit_dir(output_dir, unit) / f"{unit.with_space(SPACE)}_desc-{desc}_{suffix}{ext}"
 
 
 def failure_path(output_dir: Path, unit: T1wUnit) -> Path:

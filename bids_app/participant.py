@@ -62,6 +62,8 @@ class UnitOptions:
     write_report: bool = True
     #: delete the unit's scratch (all but the small finished-maps cache) once its outputs are written
     clean_scratch: bool = True
+    #: explanation maps (:class:`bids_app.explain.ExplainOptions`); None = none
+    explain: Any = None
 
 
 @dataclass
@@ -316,6 +318,15 @@ def process_unit(
     result.step = "writing predictions"
     rows = prediction_rows(unit, options.bids_dir, maps, qc, scored, ad_threshold=options.ad_threshold)
     result.outputs.append(write_predictions(predictions_path(options.output_dir, unit), rows))
+
+    if options.explain is not None and options.explain.methods:
+        result.step = "explanations"
+        from .explain import write_explanations
+
+        result.outputs.extend(
+            write_explanations(options.output_dir, unit, packages, x[0], options.explain,
+                               device=options.device, cache_dir=work / "explain")
+        )
 
     if options.write_report:
         result.step = "report"

@@ -328,6 +328,7 @@ def run_participant_level(
     skip_validation: bool = False,
     dartel_template: Path | None = None,
     write_report: bool = True,
+    explain: Any = None,
 ) -> RunSummary:
     """Process every selected T1w; failures are recorded per T1w and the others go on.
 
@@ -409,12 +410,22 @@ def _run_participant_level(
     check_paths(bids_dir, output_dir, work_dir)  # again: a symlink may have appeared meanwhile
 
     options = UnitOptions(bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
-                          ad_threshold=ad_threshold, device=run_device, write_report=write_report)
+                          ad_threshold=ad_threshold, device=run_device, write_report=write_report,
+                          explain=_explain_options(explain))
     summary = RunSummary(output_dir=output_dir)
     for i, unit in enumerate(units, start=1):
         _log.info("[%d/%d] %s (%d left after this one)", i, len(units), unit.prefix, len(units) - i)
         summary.results.append(run_unit(unit, backend, packages, replace(options)))
     return summary
+
+
+def _explain_options(explain: Any) -> Any:
+    """``explain``: None, an ``--explain`` choice (none / occlusion / gradcam / all) or ExplainOptions."""
+    if explain is None or explain == "none":
+        return None
+    from .explain import ExplainOptions
+
+    return explain if isinstance(explain, ExplainOptions) else ExplainOptions.from_choice(str(explain))
 
 
 def _container_info() -> dict[str, str] | None:

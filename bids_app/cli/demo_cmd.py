@@ -37,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    new="--n-participants")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nprocs", type=positive_int, default=2)
+    p.add_argument("--explain", choices=("none", "occlusion", "gradcam", "all"), default="all",
+                   help="explanation maps (default all: Grad-CAM and occlusion)")
+    p.add_argument("--occlusion-step", type=float, default=18.0, metavar="MM",
+                   help="occlusion step in mm; the demo's default 18 mm (one cube, 4x fewer positions than the "
+                        "paper's 9 mm) keeps the demo short")
     p.set_defaults(func=run)
 
 
@@ -57,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"[1/3] simulating {n} synthetic participants in {bids_dir}")
         simulate_dataset(bids_dir, participants=n, sites=min(2, n), seed=args.seed, nprocs=args.nprocs, progress=True)
     print(f"[2/3] participant level (ANTs preprocessing, demo models from {models})")
+    from ..explain import ExplainOptions
+
+    explain = ExplainOptions.from_choice(args.explain, step_mm=args.occlusion_step) if args.explain != "none" else None
     summary = run_participant_level(bids_dir, output_dir, work_dir=work_dir, preproc="ants", models=models,
-                                    nprocs=args.nprocs)
+                                    nprocs=args.nprocs, explain=explain)
     print(summary.text())
     code = summary.exit_code
     if not summary.succeeded:
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     print("[3/3] group level")
     run_group_level(bids_dir, output_dir)
     print("\nDone. Outputs (demo models: trained on synthetic data; not for any real use):")
-    for pattern in ("group_*.tsv", "sub-*/**/*_predictions.tsv", "**/*.html"):
+    for pattern in ("group_*.tsv", "sub-*/**/*_predictions.tsv", "sub-*/**/*_desc-occlusionAD_explanation.nii.gz", "**/*.html"):
         for f in sorted(output_dir.glob(pattern)):
             print(f"  {f}")
     print(f"  ground truth of the synthetic data: {bids_dir / 'derivatives' / 'ground-truth'}")

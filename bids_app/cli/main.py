@@ -123,6 +123,7 @@ def _run_subcommand(argv: Sequence[str]) -> int:
 
 def _run_bids_app(argv: Sequence[str]) -> int:
     from ..workflows import run_group_level, run_participant_level
+    from .parser import explain_options
 
     if "--version" in argv:
         from ..versions import version_report
@@ -154,6 +155,7 @@ def _run_bids_app(argv: Sequence[str]) -> int:
             skip_validation=args.skip_bids_validation,
             dartel_template=args.dartel_template,
             write_report=args.reports,
+            explain=explain_options(args),
         )
         print(summary.text())
         return summary.exit_code

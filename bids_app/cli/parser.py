@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..types import ANALYSIS_LEVELS, DEVICE_CHOICES, PREPROC_CHOICES
 
-__all__ = ["build_parser", "positive_int", "positive_float", "DeprecatedAlias", "ANALYSIS_LEVELS"]
+__all__ = ["build_parser", "positive_int", "positive_float", "DeprecatedAlias", "device_name", "explain_options",
+           "ANALYSIS_LEVELS"]
 
 
 def _existing_dir(value: str) -> Path:
@@ -41,6 +43,28 @@ def device_name(value: str) -> str:
     if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
         return name
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N; got {value!r}")
+def _positive_mm(value: str) -> float:
+    try:
+        mm = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a length in mm; got {value!r}") from None
+    n = round(mm / 1.5)
+    if n < 1 or abs(n * 1.5 - mm) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of the 1.5 mm grid spacing; got {value!r}")
+    return mm
+
+
+def explain_options(args: argparse.Namespace) -> Any:
+    """The :class:`bids_app.explain.ExplainOptions` of parsed arguments, or None for ``--explain none``."""
+    if getattr(args, "explain", "none") == "none":
+        return None
+    from ..explain import ExplainOptions
+
+    return ExplainOptions.from_choice(
+        args.explain, cube_mm=args.occlusion_cube, step_mm=args.occlusion_step, baseline=args.occlusion_baseline,
+        batch_size=args.occlusion_batch, gradcam_layer=args.gradcam_layer, percentile=args.gradcam_percentile,
+        sd_k=args.gradcam_sd_k,
+    )
 
 
 def positive_int(value: str) -> int:
@@ -131,6 +155,25 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("--ad-threshold", type=_threshold, default=0.5,
                       help="AD decision threshold (the authors suggest 0.3 for screening)")
     proc.add_argument("--no-reports", dest="reports", action="store_false", help="skip HTML reports")
+
+    exp = parser.add_argument_group("explanations (maps of where a score came from)")
+    exp.add_argument("--explain", choices=("none", "occlusion", "gradcam", "all"), default="none",
+                     help="explanation maps for every model: occlusion (score drop under a sliding cube), "
+                          "Grad-CAM at the stem output with thresholded variants, or both")
+    exp.add_argument("--occlusion-cube", type=_positive_mm, default=18.0, metavar="MM",
+                     help="edge of the occluding cube in mm (a multiple of the 1.5 mm grid)")
+    exp.add_argument("--occlusion-step", type=_positive_mm, default=9.0, metavar="MM",
+                     help="step between cube positions in mm (a multiple of 1.5 mm)")
+    exp.add_argument("--occlusion-baseline", type=float, default=0.0, metavar="V",
+                     help="value the occluded voxels are set to (the masked input is 0 outside the brain)")
+    exp.add_argument("--occlusion-batch", type=positive_int, default=16, metavar="N",
+                     help="window positions recomputed together (memory vs speed)")
+    exp.add_argument("--gradcam-layer", default=None, metavar="NAME",
+                     help="layer for Grad-CAM; default: the stem output (concatenation after StemEnd)")
+    exp.add_argument("--gradcam-percentile", type=float, default=95.0, metavar="P",
+                     help="percentile of the thresholded Grad-CAM map (inside the brain mask)")
+    exp.add_argument("--gradcam-sd-k", type=float, default=1.0, metavar="K",
+                     help="k of the mean + k SD threshold of the Grad-CAM map")
 
     res = parser.add_argument_group("resources")
     res.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",

@@ -1,0 +1,134 @@
+"""Occlusion maps: the naive definition vs the exact fast engine, side by side on the same positions.
+
+    python bench/occlusion.py --network irv2_ad_optimised --positions 24 --rounds 3 --threads 2
+    python bench/occlusion.py --network irv2_ad_optimised --full-fold     # time one whole fold (fast only)
+
+A full-size network with random weights (BatchNorm statistics randomised, output layer scaled so
+that occlusions move the score by 1e-3 .. 1e-1), the realistic model input of bench/inference.py
+(the MNI152 GM template on the SPM grid through ``make_model_input``), the paper's window (12
+voxels = 18 mm, step 6 = 9 mm) restricted to the brain mask. Per round, on the same evenly spread
+subset of positions: the naive map (one forward pass per position through the predictor's default
+CPU executor, oneDNN fused, batch 1) and the fast engine (receptive-field-limited recomputation);
+rounds interleave the two because the machine's speed drifts. Per-fold figures are extrapolated
+from the per-position medians to every position of the fold (plus the fast engine's one unoccluded
+pass). Prints the CPU model, ``uptime`` before and after (the development machine is shared), the
+largest score difference and the largest difference of the two maps built from the same positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import torch
+
+from bids_app import grid
+from bids_app.explain.occlusion import (
+    OcclusionEngine,
+    OcclusionParams,
+    drops_to_map,
+    occlusion_naive,
+    window_positions,
+)
+from bids_app.models import KerasBatchNorm3d, build_network
+from bids_app.models.fast import OneDNNGraphNet
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return "n/a"
+
+
+def make_network(name: str, seed: int, x: np.ndarray) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = build_network(name).eval()
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, KerasBatchNorm3d):
+            m.running_mean.copy_(torch.randn(m.channels, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.channels, generator=g) * 1.5 + 0.5)
+            if m.bias is not None:
+                m.bias.data.copy_(torch.randn(m.channels, generator=g) * 0.1)
+    dense = net.layers[net._logit_node]
+    with torch.no_grad():
+        dense.weight.mul_(3000.0)
+        dense.bias.mul_(3000.0)
+        dense.bias.sub_(float(net(torch.as_tensor(x[None]))) - 0.3)
+    return net
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--network", default="irv2_ad_optimised", choices=("irv2_ad_optimised", "irv2_ad_intact", "irv2_sex"))
+    ap.add_argument("--positions", type=int, default=16, help="positions per round, evenly spread over the fold's")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16, help="fast engine: positions per batch")
+    ap.add_argument("--full-fold", action="store_true", help="also run the fast engine over every position once")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}; {args.threads} threads; GPU: none lent to this task")
+    print(f"uptime before: {uptime()}")
+    gmd = grid.template_gm().astype(np.float32)
+    x = grid.make_model_input(gmd, gmd * 1.05)
+    net = make_network(args.network, 0, x)
+    params = OcclusionParams(batch_size=args.batch)
+    starts, kept = window_positions(x.shape[1:], params.cube, params.step, grid.crop(grid.brain_mask()))
+    fold = starts[kept]
+    print(f"{args.network}: {len(starts)} window positions, {len(fold)} touch the brain mask (cube 12, step 6)")
+    pick = fold[np.linspace(0, len(fold) - 1, args.positions).round().astype(int)]
+    fused = OneDNNGraphNet(net)
+    engine = OcclusionEngine(net, params)
+    t = time.perf_counter()
+    base_fast = engine.set_input(x)
+    t_setup = time.perf_counter() - t
+    print(f"fast engine: unoccluded pass with cached activations {t_setup:.1f} s")
+    naive_pp, fast_pp, score_diff, map_diff = [], [], 0.0, 0.0
+    for r in range(args.rounds):
+        t = time.perf_counter()
+        base, naive = occlusion_naive(fused, x, pick, cube=params.cube, batch_size=1)
+        naive_pp.append((time.perf_counter() - t) / (len(pick) + 1))
+        t = time.perf_counter()
+        fast = engine.scores(pick)
+        fast_pp.append((time.perf_counter() - t) / len(pick))
+        score_diff = max(score_diff, float(np.abs(fast - naive).max()))
+        d_naive = np.zeros(len(starts))
+        d_fast = np.zeros(len(starts))
+        idx = np.flatnonzero(kept)[np.linspace(0, len(fold) - 1, args.positions).round().astype(int)]
+        d_naive[idx] = base - naive
+        d_fast[idx] = base_fast - fast
+        diff = np.abs(drops_to_map(x.shape[1:], starts, d_naive, 12) - drops_to_map(x.shape[1:], starts, d_fast, 12)).max()
+        map_diff = max(map_diff, float(diff))
+        print(f"round {r + 1}: naive {naive_pp[-1]:.3f} s/position, fast {fast_pp[-1]:.3f} s/position, "
+              f"largest score drop {np.abs(base - naive).max():.2e}", flush=True)
+    n, f = statistics.median(naive_pp), statistics.median(fast_pp)
+    print(f"median per position: naive {n:.3f} s, fast {f:.4f} s -> {n / f:.1f}x")
+    print(f"per fold ({len(fold)} positions): naive {n * len(fold) / 60:.1f} min (extrapolated), "
+          f"fast {(t_setup + f * len(fold)) / 60:.2f} min (extrapolated)")
+    print(f"largest score difference fast vs naive: {score_diff:.2e}; largest map difference: {map_diff:.2e}")
+    if args.full_fold:
+        t = time.perf_counter()
+        engine.scores(fold)
+        print(f"fast engine, every position of the fold measured: {(t_setup + time.perf_counter() - t) / 60:.2f} min")
+    print(f"uptime after: {uptime()}")
+
+
+if __name__ == "__main__":
+    main()
