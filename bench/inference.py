@@ -141,9 +141,16 @@ def run_mode(mode: str, workdir: Path, repeats: int, threads: int, networks: str
         times.append(time.perf_counter() - t0)
         if mode != "tf-keras" and again != scores:
             raise RuntimeError(f"{mode}: scores changed between runs (not deterministic)")
-    return {"mode": mode, "times": times, "median": float(np.median(times)), "warmup": warmup,
-            "scores": scores, "peak_rss_gb": peak_rss_gb(), "engine": "tf-keras" if mode == "tf-keras" else ", ".join(engine),
-            "load": os.getloadavg()[0]}
+    return {
+        "mode": mode,
+        "times": times,
+        "median": float(np.median(times)),
+        "warmup": warmup,
+        "scores": scores,
+        "peak_rss_gb": peak_rss_gb(),
+        "engine": "tf-keras" if mode == "tf-keras" else ", ".join(engine),
+        "load": os.getloadavg()[0],
+    }
 
 
 def print_machine() -> None:
@@ -154,10 +161,15 @@ def print_machine() -> None:
 
     d = describe_engine_choice("cpu")
     load = os.getloadavg()
-    print(f"# CPU: {d['cpu']['model']} ({os.cpu_count()} logical CPUs); level {d['cpu']['level']}; "
-          f"native bf16: {d['cpu']['native_bf16']}; torch capability {d['cpu']['torch_capability']}")
+    print(
+        f"# CPU: {d['cpu']['model']} ({os.cpu_count()} logical CPUs); level {d['cpu']['level']}; "
+        f"native bf16: {d['cpu']['native_bf16']}; torch capability {d['cpu']['torch_capability']}"
+    )
     print(f"# flags: {' '.join(d['cpu']['flags'])}")
-    print(f"# engines: {', '.join(f'{k} {v}' for k, v in d['installed_engines'].items())}; python {platform.python_version()}")
+    print(
+        f"# engines: {', '.join(f'{k} {v}' for k, v in d['installed_engines'].items())}; "
+        f"python {platform.python_version()}"
+    )
     print(f"# auto rule {d['rule']}: {' > '.join(d['candidates'])}")
     print(f"# load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
 
@@ -224,11 +236,13 @@ def faithfulness(workdir: Path, n: int, modes: list[str], threads: int, synth: P
             else:
                 engine, prec = _EXPLICIT[mode]
                 try:
-                    runners = [make_runner(net, engine, prec, torch.device("cpu"), threads=threads) for net in pkg.folds]
+                    runners = [
+                        make_runner(net, engine, prec, torch.device("cpu"), threads=threads) for net in pkg.folds
+                    ]
                 except (ValueError, ImportError) as exc:
                     print(f"# {mode}: not available ({exc})", file=sys.stderr)
                     continue
-                logits = np.stack([np.concatenate([r(x[i:i + 1]) for i in range(len(x))]) for r in runners], axis=1)
+                logits = np.stack([np.concatenate([r(x[i : i + 1]) for i in range(len(x))]) for r in runners], axis=1)
                 scores, ran = 1 / (1 + np.exp(-logits.astype(np.float64))), f"{engine} {runners[0].precision}"
             out["modes"].setdefault(mode, {})[task] = {"scores": np.asarray(scores).tolist(), "engine": ran}
     return out
@@ -236,11 +250,15 @@ def faithfulness(workdir: Path, n: int, modes: list[str], threads: int, synth: P
 
 def report_faithfulness(res: dict) -> None:
     n_synth = sum(src.startswith("synth") for src in res["sources"])
-    print(f"\n# faithfulness: {res['participants']} simulated participants ({n_synth} synth ground-truth GM maps, "
-          f"{res['participants'] - n_synth} deformed-template inputs), trained demo packages (3 folds each), "
-          "per-fold scores and fold means vs fp32")
-    print(f"{'mode':14s} {'ran as':22s} {'max |d| fold':>13s} {'max |d| mean':>13s} {'flips@0.5':>9s} {'flips@0.3':>9s} "
-          f"{'unexplained':>11s}")
+    print(
+        f"\n# faithfulness: {res['participants']} simulated participants ({n_synth} synth ground-truth GM maps, "
+        f"{res['participants'] - n_synth} deformed-template inputs), trained demo packages (3 folds each), "
+        "per-fold scores and fold means vs fp32"
+    )
+    print(
+        f"{'mode':14s} {'ran as':22s} {'max |d| fold':>13s} {'max |d| mean':>13s} {'flips@0.5':>9s} {'flips@0.3':>9s} "
+        f"{'unexplained':>11s}"
+    )
     for mode, per_task in res["modes"].items():
         worst_f = worst_m = 0.0
         flips = {0.5: 0, 0.3: 0}
@@ -261,8 +279,10 @@ def report_faithfulness(res: dict) -> None:
                     flip = (a >= thr) != (b >= thr)
                     flips[thr] += int(flip.sum())
                     unexplained += int((flip & (np.abs(a - thr) > dd)).sum())
-        print(f"{mode:14s} {', '.join(sorted(ran)):22s} {worst_f:13.2e} {worst_m:13.2e} {flips[0.5]:9d} {flips[0.3]:9d} "
-              f"{unexplained:11d}")
+        print(
+            f"{mode:14s} {', '.join(sorted(ran)):22s} {worst_f:13.2e} {worst_m:13.2e} {flips[0.5]:9d} {flips[0.3]:9d} "
+            f"{unexplained:11d}"
+        )
 
 
 def main() -> int:
@@ -272,13 +292,27 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", type=Path, default=None, help="keep H5 files and packages here (reused)")
     ap.add_argument("--modes", nargs="+", default=None, help="default: fp32, auto, every installed engine, tf-keras")
-    ap.add_argument("--faithfulness", type=int, default=0, metavar="N",
-                    help="score N simulated participants with the demo packages in every mode (item 3 of issue 16)")
-    ap.add_argument("--synth", type=Path, default=None, metavar="DIR",
-                    help="simulated dataset whose ground-truth GM maps feed --faithfulness (topped up with "
-                         "deformed-template inputs)")
-    ap.add_argument("--networks", choices=("participant", "ad1"), default="participant",
-                    help="time a participant (1 sex + 5 AD folds) or one AD fold (loaded machines)")
+    ap.add_argument(
+        "--faithfulness",
+        type=int,
+        default=0,
+        metavar="N",
+        help="score N simulated participants with the demo packages in every mode (item 3 of issue 16)",
+    )
+    ap.add_argument(
+        "--synth",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="simulated dataset whose ground-truth GM maps feed --faithfulness (topped up with "
+        "deformed-template inputs)",
+    )
+    ap.add_argument(
+        "--networks",
+        choices=("participant", "ad1"),
+        default="participant",
+        help="time a participant (1 sex + 5 AD folds) or one AD fold (loaded machines)",
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -297,16 +331,31 @@ def main() -> int:
     results: dict[str, dict] = {}
     for _ in range(args.rounds):
         for mode in args.modes:
-            cmd = [sys.executable, __file__, "--_child", mode, "--workdir", str(workdir), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads), "--networks", args.networks]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_child",
+                mode,
+                "--workdir",
+                str(workdir),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+                "--networks",
+                args.networks,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True)
             lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode != 0 or not lines:
                 print(f"{mode}: failed\n{out.stderr[-3000:]}", file=sys.stderr)
                 continue
             r = json.loads(lines[-1][7:])
-            print(f"# {mode}: {r['median']:.2f} s (warm-up {r['warmup']:.2f} s) as {r.get('engine', '')}, "
-                  f"peak {r['peak_rss_gb']:.2f} GB, load {r.get('load', float('nan')):.2f}", flush=True)
+            print(
+                f"# {mode}: {r['median']:.2f} s (warm-up {r['warmup']:.2f} s) as {r.get('engine', '')}, "
+                f"peak {r['peak_rss_gb']:.2f} GB, load {r.get('load', float('nan')):.2f}",
+                flush=True,
+            )
             if mode in results:
                 prev = results[mode]
                 if mode != "tf-keras" and r["scores"] != prev["scores"]:
@@ -321,26 +370,50 @@ def main() -> int:
 
     if results:
         auto = results.get("auto", {}).get("engine", "?")
-        what = "per participant = 1 sex + 5 AD forward passes" if args.networks == "participant" else "per AD fold forward pass"
-        print(f"# {what}; {args.threads} thread(s); {args.rounds} rounds x "
-              f"{args.repeats} timed; "
-              f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; torch {torch.__version__}; "
-              f"'auto' ran as {auto}")
+        what = (
+            "per participant = 1 sex + 5 AD forward passes"
+            if args.networks == "participant"
+            else "per AD fold forward pass"
+        )
+        print(
+            f"# {what}; {args.threads} thread(s); {args.rounds} rounds x "
+            f"{args.repeats} timed; "
+            f"load average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; torch {torch.__version__}; "
+            f"'auto' ran as {auto}"
+        )
         base = results.get("fp32")
         if base:
             print(f"# fp32 scores (sex, AD folds 0-4): {' '.join(f'{v:.4f}' for v in base['scores'])}")
-        print(f"{'mode':14s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} {'peak GB':>8s} {'max |d score|':>14s}  ran as")
+        print(
+            f"{'mode':14s} {'median s':>9s} {'min s':>7s} {'warm-up s':>9s} {'vs fp32':>8s} {'vs tf-keras':>11s} "
+            f"{'peak GB':>8s} {'max |d score|':>14s}  ran as"
+        )
         for mode, r in results.items():
             vs_fp32 = base["median"] / r["median"] if base else float("nan")
             vs_tf = results["tf-keras"]["median"] / r["median"] if "tf-keras" in results else float("nan")
             diff = max(abs(a - b) for a, b in zip(r["scores"], base["scores"])) if base else float("nan")
-            print(f"{mode:14s} {r['median']:9.2f} {min(r['times']):7.2f} {r['warmup']:9.2f} {vs_fp32:8.2f}x {vs_tf:10.2f}x "
-                  f"{r['peak_rss_gb']:8.2f} {diff:14.2e}  {r.get('engine', '')}")
+            print(
+                f"{mode:14s} {r['median']:9.2f} {min(r['times']):7.2f} {r['warmup']:9.2f} {vs_fp32:8.2f}x "
+                f"{vs_tf:10.2f}x "
+                f"{r['peak_rss_gb']:8.2f} {diff:14.2e}  {r.get('engine', '')}"
+            )
     faith = None
     if args.faithfulness:
-        cmd = [sys.executable, __file__, "--_child", "faithfulness", "--workdir", str(workdir), "--threads", str(args.threads),
-               "--faithfulness", str(args.faithfulness), *(["--synth", str(args.synth)] if args.synth else []),
-               "--modes", *[m for m in args.modes if m not in ("fp32", "tf-keras")]]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--_child",
+            "faithfulness",
+            "--workdir",
+            str(workdir),
+            "--threads",
+            str(args.threads),
+            "--faithfulness",
+            str(args.faithfulness),
+            *(["--synth", str(args.synth)] if args.synth else []),
+            "--modes",
+            *[m for m in args.modes if m not in ("fp32", "tf-keras")],
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True)
         lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
@@ -349,8 +422,9 @@ def main() -> int:
             faith = json.loads(lines[-1][7:])
             report_faithfulness(faith)
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "load": load, "results": results,
-                                         "faithfulness": faith}, indent=2))
+        args.json.write_text(
+            json.dumps({"threads": args.threads, "load": load, "results": results, "faithfulness": faith}, indent=2)
+        )
     return 0
 
 

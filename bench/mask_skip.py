@@ -20,7 +20,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bids_app.models.export import reference_input  # noqa: E402
+from bids_app.models.export import reference_input
 
 
 def tiles_needed(dep: np.ndarray, t: int) -> float:

@@ -66,7 +66,7 @@ def make_network(name: str, seed: int, x: np.ndarray) -> torch.nn.Module:
             m.running_var.copy_(torch.rand(m.channels, generator=g) * 1.5 + 0.5)
             if m.bias is not None:
                 m.bias.data.copy_(torch.randn(m.channels, generator=g) * 0.1)
-    dense = net.layers[net._logit_node]
+    dense = net.layers[net.logit_node]
     with torch.no_grad():
         dense.weight.mul_(3000.0)
         dense.bias.mul_(3000.0)
@@ -76,7 +76,9 @@ def make_network(name: str, seed: int, x: np.ndarray) -> torch.nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--network", default="irv2_ad_optimised", choices=("irv2_ad_optimised", "irv2_ad_intact", "irv2_sex"))
+    ap.add_argument(
+        "--network", default="irv2_ad_optimised", choices=("irv2_ad_optimised", "irv2_ad_intact", "irv2_sex")
+    )
     ap.add_argument("--positions", type=int, default=16, help="positions per round, evenly spread over the fold's")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -114,14 +116,21 @@ def main() -> None:
         idx = np.flatnonzero(kept)[np.linspace(0, len(fold) - 1, args.positions).round().astype(int)]
         d_naive[idx] = base - naive
         d_fast[idx] = base_fast - fast
-        diff = np.abs(drops_to_map(x.shape[1:], starts, d_naive, 12) - drops_to_map(x.shape[1:], starts, d_fast, 12)).max()
+        diff = np.abs(
+            drops_to_map(x.shape[1:], starts, d_naive, 12) - drops_to_map(x.shape[1:], starts, d_fast, 12)
+        ).max()
         map_diff = max(map_diff, float(diff))
-        print(f"round {r + 1}: naive {naive_pp[-1]:.3f} s/position, fast {fast_pp[-1]:.3f} s/position, "
-              f"largest score drop {np.abs(base - naive).max():.2e}", flush=True)
+        print(
+            f"round {r + 1}: naive {naive_pp[-1]:.3f} s/position, fast {fast_pp[-1]:.3f} s/position, "
+            f"largest score drop {np.abs(base - naive).max():.2e}",
+            flush=True,
+        )
     n, f = statistics.median(naive_pp), statistics.median(fast_pp)
     print(f"median per position: naive {n:.3f} s, fast {f:.4f} s -> {n / f:.1f}x")
-    print(f"per fold ({len(fold)} positions): naive {n * len(fold) / 60:.1f} min (extrapolated), "
-          f"fast {(t_setup + f * len(fold)) / 60:.2f} min (extrapolated)")
+    print(
+        f"per fold ({len(fold)} positions): naive {n * len(fold) / 60:.1f} min (extrapolated), "
+        f"fast {(t_setup + f * len(fold)) / 60:.2f} min (extrapolated)"
+    )
     print(f"largest score difference fast vs naive: {score_diff:.2e}; largest map difference: {map_diff:.2e}")
     if args.full_fold:
         t = time.perf_counter()

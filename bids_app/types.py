@@ -52,8 +52,9 @@ __all__ = [
 
 #: BIDS entities, short keys, in the order BIDS prescribes (schema ``rules/entities``). A T1w may carry
 #: sub, ses, task, acq, ce, rec, run, echo, part, chunk (BIDS 1.11 schema); the others (flip, inv, mt, ...)
-#: are listed so that any entity pybids parses keeps its BIDS place and still tells two images apart. Output names keep every source entity in this order
-#: (BIDS-Derivatives: source entities are kept), then add ``space``/``res``/``label``/``desc``.
+#: are listed so that any entity pybids parses keeps its BIDS place and still tells two images apart. Output
+#: names keep every source entity in this order (BIDS-Derivatives: source entities are kept), then add
+#: ``space``/``res``/``label``/``desc``.
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain", "rec", "dir",
     "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "split", "recording", "chunk",

@@ -245,7 +245,7 @@ def _unit_lock(work: Path, unit: T1wUnit) -> Iterator[None]:
     import fcntl
 
     try:
-        fh = open(work / ".lock", "a+")
+        fh = open(work / ".lock", "a+")  # noqa: SIM115 - held open for the lock's lifetime, closed below
     except OSError as exc:
         _log.warning("%s: no lock file in %s (%s); go on without", unit.prefix, work, exc.strerror)
         yield
@@ -344,6 +344,7 @@ def run_participant_level(
             bids_filters=bids_filters, work_dir=work_dir, preproc=preproc, derivatives_dir=derivatives_dir,
             models=models, device=device, ad_threshold=ad_threshold, nprocs=nprocs,
             skip_validation=skip_validation, dartel_template=dartel_template, write_report=write_report,
+            explain=explain,
         )
     except VBMPredictError:
         raise
@@ -369,6 +370,7 @@ def _run_participant_level(
     skip_validation: bool,
     dartel_template: Path | None,
     write_report: bool,
+    explain: Any,
 ) -> RunSummary:
     from .discovery import discover_units
     from .models.device import resolve_device

@@ -10,6 +10,7 @@ decoded, the figures and section ids of the page, and a full-page screenshot. No
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import select
@@ -98,7 +99,7 @@ class Chromium:
         self._buffer = b""
         self._events: list[dict[str, Any]] = []
 
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         self._profile = tempfile.mkdtemp(prefix="vbm-chromium-")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
@@ -135,20 +136,16 @@ class Chromium:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._send("Browser.close", {})
-        except OSError:
-            pass
         try:
             self._proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait(timeout=15)
         for fd in (self._to_child, self._from_child):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         if self._proc.stderr is not None:
             self._proc.stderr.close()
         shutil.rmtree(self._profile, ignore_errors=True)

@@ -20,9 +20,9 @@ from bids_app.group import run_group_level
 from bids_app.report import write_participant_report
 
 from .browser import Chromium, find_chromium
+from .group_fixtures import make_unit, prediction_row, write_unit
 from .report_fixtures import write_explanation, write_gm_maps, write_warped_t1w
 from .test_group import build_cohort
-from .group_fixtures import make_unit, prediction_row, write_unit
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-results" / "screenshots"
 WIDTH = 1200

@@ -44,7 +44,7 @@ def test_placement_follows_an_impulse_through_the_stem():
     def layer_output(x):
         vals = {net.nodes[0].name: x}
         for n in net.nodes[1 : index[layer] + 1]:
-            vals[n.name] = net._run(n, [vals[s] for s in n.inputs], final=False)
+            vals[n.name] = net.run_node(n, [vals[s] for s in n.inputs], final=False)
         return vals[layer][0]
 
     with torch.no_grad():
@@ -78,7 +78,12 @@ def test_gradcam_on_a_linear_head_equals_the_closed_form():
     """layer -> global average -> dense: dlogit/dA_c = w_c / n, so cam = relu(sum_c w_c A_c / n)."""
     nodes = [
         Node("in", "input"),
-        Node("c1", "conv3d", ("in",), {"filters": 5, "kernel_size": 3, "strides": 2, "padding": "valid", "activation": "relu", "use_bias": True}),
+        Node(
+            "c1",
+            "conv3d",
+            ("in",),
+            {"filters": 5, "kernel_size": 3, "strides": 2, "padding": "valid", "activation": "relu", "use_bias": True},
+        ),
         Node("gap", "gap3d", ("c1",)),
         Node("out", "dense", ("gap",), {"units": 1, "activation": "sigmoid", "use_bias": True}),
     ]
@@ -87,7 +92,7 @@ def test_gradcam_on_a_linear_head_equals_the_closed_form():
     x = np.random.default_rng(0).random((2, 17, 15, 13), dtype=np.float32)
     res = gradcam(net, x, "c1")
     with torch.no_grad():
-        act = net._run(nodes[1], [torch.as_tensor(x[None])], final=False)[0]
+        act = net.run_node(nodes[1], [torch.as_tensor(x[None])], final=False)[0]
     w = net.layers["out"].weight[0].detach()
     n = act[0].numel()
     want = torch.relu((w[:, None, None, None] * act).sum(0) / n).numpy()

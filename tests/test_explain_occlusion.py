@@ -32,7 +32,7 @@ from .models_fixtures import gm_like_inputs, randomise_bn
 
 def calibrate(net: GraphNet, x: np.ndarray, gain: float = 300.0) -> GraphNet:
     """Scale the output layer by ``gain`` and centre the unoccluded logit at about 0.3."""
-    dense = net.layers[net._logit_node]
+    dense = net.layers[net.logit_node]
     with torch.no_grad():
         dense.weight.mul_(gain)
         dense.bias.mul_(gain)
@@ -41,8 +41,9 @@ def calibrate(net: GraphNet, x: np.ndarray, gain: float = 300.0) -> GraphNet:
     return net
 
 
-def check_fast_equals_naive(net: GraphNet, x: np.ndarray, starts: np.ndarray, params: OcclusionParams,
-                            min_effect: float = 1e-3) -> float:
+def check_fast_equals_naive(
+    net: GraphNet, x: np.ndarray, starts: np.ndarray, params: OcclusionParams, min_effect: float = 1e-3
+) -> float:
     base, naive = occlusion_naive(net, x, starts, cube=params.cube, baseline=params.baseline, batch_size=4)
     engine = OcclusionEngine(net, params)
     # BatchNorm folding (exact algebra, float rounding) times the calibrated head's gain: about 1e-5 at full size
@@ -136,8 +137,15 @@ def _graph(nodes, shape):
 
 
 def test_hand_made_graph_with_other_operators_whole_map_with_mask():
-    conv = lambda f, k, s=1, p="same", d=1, a="linear": {
-        "filters": f, "kernel_size": k, "strides": s, "padding": p, "dilation_rate": d, "activation": a, "use_bias": True}
+    conv = lambda f, k, s=1, p="same", d=1, a="linear": {  # noqa: E731 - a table of layer configs
+        "filters": f,
+        "kernel_size": k,
+        "strides": s,
+        "padding": p,
+        "dilation_rate": d,
+        "activation": a,
+        "use_bias": True,
+    }
     nodes = [
         ("in", "input", (), {}),
         ("c1", "conv3d", ("in",), conv(4, 3, 2, "same", a="relu")),

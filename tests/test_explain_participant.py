@@ -18,8 +18,11 @@ from bids_app.validation import run_validator
 from .conftest import make_bids
 from .test_app_end_to_end import write_bids_derivatives
 
-DESCS = {f"{m}{model}" for model in ("Sex", "AD")
-         for m in ("occlusion", "gradcam", "gradcamThrPercentile", "gradcamThrOtsu", "gradcamThrMeanSD")}
+DESCS = {
+    f"{m}{model}"
+    for model in ("Sex", "AD")
+    for m in ("occlusion", "gradcam", "gradcamThrPercentile", "gradcamThrOtsu", "gradcamThrMeanSD")
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +31,27 @@ def explained(tmp_path_factory, mni_gm_maps, tiny_models):
     bids = make_bids(root / "bids", ["sub-01"])
     maps = write_bids_derivatives(root / "maps", mni_gm_maps[0], units=["sub-01"])
     out = root / "out"
-    code = main([str(bids), str(out), "participant", "--preproc", "derivatives", "--derivatives", str(maps),
-                 "--models", str(tiny_models), "--no-reports", "--skip-bids-validation",
-                 "--explain", "all", "--occlusion-cube", "27", "--occlusion-step", "27"])
+    code = main(
+        [
+            str(bids),
+            str(out),
+            "participant",
+            "--preproc",
+            "derivatives",
+            "--derivatives",
+            str(maps),
+            "--models",
+            str(tiny_models),
+            "--no-reports",
+            "--skip-bids-validation",
+            "--explain",
+            "all",
+            "--occlusion-cube",
+            "27",
+            "--occlusion-step",
+            "27",
+        ]
+    )
     return {"out": out, "code": code, "anat": out / "sub-01" / "anat"}
 
 
@@ -53,8 +74,15 @@ def test_every_map_sidecar_and_summary_is_written(explained):
         params = side["Parameters"]
         if desc.startswith("occlusion"):
             assert side["Method"] == "occlusion"
-            assert (params["CubeMM"], params["CubeVoxels"], params["StepMM"], params["StepVoxels"]) == (27.0, 18, 27.0, 18)
-            assert params["BaselineValue"] == 0.0 and 0 < params["WindowPositionsEvaluated"] <= params["WindowPositions"]
+            assert (params["CubeMM"], params["CubeVoxels"], params["StepMM"], params["StepVoxels"]) == (
+                27.0,
+                18,
+                27.0,
+                18,
+            )
+            assert (
+                params["BaselineValue"] == 0.0 and 0 < params["WindowPositionsEvaluated"] <= params["WindowPositions"]
+            )
         else:
             assert params["Layer"] == "concatenate_3"
         if "Thr" in desc:
@@ -104,8 +132,23 @@ def test_missing_atlas_still_writes_maps_and_says_why(tmp_path, monkeypatch, mni
     bids = make_bids(tmp_path / "bids", ["sub-01"])
     maps = write_bids_derivatives(tmp_path / "maps", mni_gm_maps[0], units=["sub-01"])
     out = tmp_path / "out"
-    code = main([str(bids), str(out), "participant", "--preproc", "derivatives", "--derivatives", str(maps),
-                 "--models", str(tiny_models / "sex"), "--no-reports", "--skip-bids-validation", "--explain", "gradcam"])
+    code = main(
+        [
+            str(bids),
+            str(out),
+            "participant",
+            "--preproc",
+            "derivatives",
+            "--derivatives",
+            str(maps),
+            "--models",
+            str(tiny_models / "sex"),
+            "--no-reports",
+            "--skip-bids-validation",
+            "--explain",
+            "gradcam",
+        ]
+    )
     assert code == 0
     anat = out / "sub-01" / "anat"
     assert (anat / "sub-01_space-IXI549Space_desc-gradcamSex_explanation.nii.gz").is_file()

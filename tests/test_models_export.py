@@ -76,7 +76,7 @@ def test_traced_shape_arithmetic_is_what_broke_the_ad_export_and_is_refused(tmp_
         warnings.simplefilter("ignore")
         torch.onnx.export(net, (torch.from_numpy(x[:1]),), str(naive), opset_version=17, dynamo=False,
                           input_names=["x"], output_names=["logit"])
-    with pytest.raises(ExportError, match="scores differ from PyTorch FP32 by .* refused"):
+    with pytest.raises(ExportError, match=r"scores differ from PyTorch FP32 by .* refused"):
         verify(net, lambda a: run_onnx(naive, a), x[:1], "naive export")
     static = StaticGraphNet(net)
     assert static._static_pads["conv2"] == [1, 1, 1, 1, 0, 1]  # input 8 x 11 x 7: (W, H, D) pads as constants

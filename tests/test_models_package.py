@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from bids_app.errors import ModelPackageError
 from bids_app.models import find_packages, load_package, predict, save_package
+from bids_app.models.predict import PRECISIONS
 from bids_app.types import ModelScores
 
 from .models_fixtures import demo_card, gm_like_inputs, make_package
@@ -86,7 +88,7 @@ def test_predict_rejects_bad_arguments(ad_pkg, inputs):
     pkg = load_package(ad_pkg)
     with pytest.raises(ValueError, match=r"model input must have shape N x 2 x 96 x 120 x 86"):
         predict(pkg, inputs[:, :, :95])
-    with pytest.raises(ValueError, match="precision must be one of auto, fp32, fast, fused, bf16, fp16, openvino, openvino-bf16, onnxruntime, compile; got 'fp64'"):
+    with pytest.raises(ValueError, match=re.escape(f"precision must be one of {', '.join(PRECISIONS)}; got 'fp64'")):
         predict(pkg, inputs, precision="fp64")
     with pytest.raises(ValueError, match="batch_size must be a positive integer; got 0"):
         predict(pkg, inputs, batch_size=0)

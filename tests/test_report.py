@@ -28,11 +28,8 @@ from bids_app.report.participant_report import (
     qc_rows,
 )
 
-from .report_fixtures import write_explanation, write_gm_maps, write_warped_t1w
-from .test_group import build_cohort
 from .group_fixtures import make_unit, prediction_row, write_unit
-
-from .group_fixtures import make_unit, prediction_row, write_maps, write_unit
+from .report_fixtures import write_explanation, write_gm_maps, write_warped_t1w
 from .test_group import build_cohort
 
 

@@ -75,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     print("[3/3] group level")
     run_group_level(bids_dir, output_dir)
     print("\nDone. Outputs (demo models: trained on synthetic data; not for any real use):")
-    for pattern in ("group_*.tsv", "sub-*/**/*_predictions.tsv", "sub-*/**/*_desc-occlusionAD_explanation.nii.gz", "**/*.html"):
+    patterns = ("group_*.tsv", "sub-*/**/*_predictions.tsv", "sub-*/**/*_desc-occlusionAD_explanation.nii.gz",
+                "**/*.html")
+    for pattern in patterns:
         for f in sorted(output_dir.glob(pattern)):
             print(f"  {f}")
     print(f"  ground truth of the synthetic data: {bids_dir / 'derivatives' / 'ground-truth'}")

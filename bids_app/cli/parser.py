@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..types import ANALYSIS_LEVELS, DEVICE_CHOICES, PREPROC_CHOICES
+from ..types import ANALYSIS_LEVELS, PREPROC_CHOICES
 
 __all__ = ["build_parser", "positive_int", "positive_float", "DeprecatedAlias", "device_name", "explain_options",
            "ANALYSIS_LEVELS"]

@@ -45,7 +45,9 @@ REGION_COLUMNS: dict[str, dict[str, str]] = {
     "mean_value": {"Description": "Mean of the map over those voxels (units of the map)."},
     "max_value": {"Description": "Largest value of the map inside the region."},
     "share_positive": {
-        "Description": "Share of the map's positive mass (sum over the brain mask of its positive part) that lies in the region."
+        "Description": (
+            "Share of the map's positive mass (sum over the brain mask of its positive part) that lies in the region."
+        )
     },
 }
 
@@ -94,8 +96,12 @@ def _load_atlas(folder: str) -> Atlas:
         data = np.asarray(img.dataobj).reshape(img.shape[:3])
         src = nib.Nifti1Image(np.rint(data).astype(np.int32), img.affine)
         out = resample_img(
-            src, target_affine=grid.SPM_AFFINE, target_shape=grid.SPM_SHAPE, interpolation="nearest",
-            force_resample=True, copy_header=True,
+            src,
+            target_affine=grid.SPM_AFFINE,
+            target_shape=grid.SPM_SHAPE,
+            interpolation="nearest",
+            force_resample=True,
+            copy_header=True,
         )
     except (OSError, ValueError, EOFError) as exc:
         raise AtlasUnavailable(f"atlas {img_path} cannot be read: {exc}") from exc

@@ -71,11 +71,15 @@ def layer_placement(net: GraphNet, layer: str) -> tuple[np.ndarray, np.ndarray]:
             c = n.config
             k = np.asarray(_triple(c["kernel_size"] if n.op == "conv3d" else c["pool_size"], "kernel"), dtype=float)
             s = np.asarray(_triple(c["strides"], "strides"), dtype=float)
-            d = np.asarray(_triple(c.get("dilation_rate", 1), "dilation") if n.op == "conv3d" else (1, 1, 1), dtype=float)
+            d = np.asarray(
+                _triple(c.get("dilation_rate", 1), "dilation") if n.op == "conv3d" else (1, 1, 1), dtype=float
+            )
             in_sp = net.shapes[n.inputs[0]][1:]
             pb = np.zeros(3)
             if c["padding"] == "same":
-                pb = np.asarray([_same_pads(int(in_sp[i]), int(k[i]), int(s[i]), int(d[i]))[0] for i in range(3)], dtype=float)
+                pb = np.asarray(
+                    [_same_pads(int(in_sp[i]), int(k[i]), int(s[i]), int(d[i]))[0] for i in range(3)], dtype=float
+                )
             aff[n.name] = (a * s, b + a * (-pb + (k - 1) * d / 2.0))
         else:
             aff[n.name] = (a, b)
@@ -107,7 +111,9 @@ class GradCAMResult:
     placement: tuple[np.ndarray, np.ndarray]
 
 
-def gradcam(net: GraphNet, x: np.ndarray, layer: str | None = None, *, device: str | torch.device = "cpu") -> GradCAMResult:
+def gradcam(
+    net: GraphNet, x: np.ndarray, layer: str | None = None, *, device: str | torch.device = "cpu"
+) -> GradCAMResult:
     """Grad-CAM of ``net`` for one input ``x`` (C x D x H x W) at ``layer`` (default :func:`default_layer`)."""
     if not isinstance(net, GraphNet):
         raise TypeError(f"Grad-CAM needs a GraphNet (a layer graph), got {type(net).__name__}")
@@ -121,19 +127,19 @@ def gradcam(net: GraphNet, x: np.ndarray, layer: str | None = None, *, device: s
         xt = xt[None]
     xt = xt.to(dev)
     index = {n.name: i for i, n in enumerate(net.nodes)}
-    stop = index[net._logit_node]
+    stop = index[net.logit_node]
     at = index[layer]
     values: dict[str, torch.Tensor] = {net.nodes[0].name: xt}
     with torch.no_grad():
         for n in net.nodes[1 : at + 1]:
-            values[n.name] = net._run(n, [values[s] for s in n.inputs], final=False)
+            values[n.name] = net.run_node(n, [values[s] for s in n.inputs], final=False)
     act = values[layer].detach().clone().requires_grad_(True)
     values[layer] = act
     with torch.enable_grad():
         for i in range(at + 1, stop + 1):
             n = net.nodes[i]
-            values[n.name] = net._run(n, [values[s] for s in n.inputs], final=(i == stop))
-        logit = values[net._logit_node].reshape(-1)[0]
+            values[n.name] = net.run_node(n, [values[s] for s in n.inputs], final=(i == stop))
+        logit = values[net.logit_node].reshape(-1)[0]
         (grad,) = torch.autograd.grad(logit, act)
     weights = grad[0].mean(dim=(1, 2, 3))
     cam = torch.relu((weights[:, None, None, None] * act[0].detach()).sum(dim=0))

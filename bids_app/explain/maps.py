@@ -143,8 +143,9 @@ def _store(cache_dir: Path | None, key: str, arrays: Mapping[str, np.ndarray]) -
         np.savez(tmp, **dict(arrays))
 
 
-def _occlusion(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.ndarray, device: str,
-               cache_dir: Path | None) -> ExplanationMap:
+def _occlusion(
+    package: Any, x: np.ndarray, options: ExplainOptions, mask: np.ndarray, device: str, cache_dir: Path | None
+) -> ExplanationMap:
     params = options.occlusion_params()
     t0 = time.perf_counter()
     starts, kept = window_positions(x.shape[1:], params.cube, params.step, mask)
@@ -156,7 +157,13 @@ def _occlusion(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.nd
         key = _key(x, sha, "occlusion", key_params)
         hit = _cached(cache_dir, key)
         if hit is None:
-            _log.info("occlusion: %s fold %d, %d of %d window positions (brain mask)", package.name, fold, kept.sum(), len(kept))
+            _log.info(
+                "occlusion: %s fold %d, %d of %d window positions (brain mask)",
+                package.name,
+                fold,
+                kept.sum(),
+                len(kept),
+            )
             engine = OcclusionEngine(net, params, device=device)
             base = engine.set_input(x)
             drops = np.zeros(len(starts), dtype=np.float64)
@@ -174,18 +181,25 @@ def _occlusion(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.nd
         data=data,
         description=(
             "Occlusion map: for every position of a cube slid over the model input, the drop of the "
-            f"{'ensemble ' if len(maps) > 1 else ''}score (probability of {package.positive_label}) when the cube's voxels "
+            f"{'ensemble ' if len(maps) > 1 else ''}score (probability of {package.positive_label}) "
+            "when the cube's voxels "
             "are set to the baseline value; each voxel holds the mean drop of the windows covering it. "
             f"Positive: the region supports '{package.positive_label}'; negative: '{package.negative_label}'."
         ),
         units="score drop (probability)",
         parameters={
-            "CubeMM": params.cube * 1.5, "CubeVoxels": params.cube,
-            "StepMM": params.step * 1.5, "StepVoxels": params.step,
+            "CubeMM": params.cube * 1.5,
+            "CubeVoxels": params.cube,
+            "StepMM": params.step * 1.5,
+            "StepVoxels": params.step,
             "BaselineValue": params.baseline,
             "Score": "sigmoid output; ensemble = mean of the folds",
-            "WindowPositions": len(starts), "WindowPositionsEvaluated": int(kept.sum()),
-            "PositionRule": "windows whose cube touches the brain mask; the others have drop 0 (the masked input equals the baseline there)",
+            "WindowPositions": len(starts),
+            "WindowPositionsEvaluated": int(kept.sum()),
+            "PositionRule": (
+                "windows whose cube touches the brain mask; the others have drop 0 "
+                "(the masked input equals the baseline there)"
+            ),
             "Algorithm": "exact receptive-field-limited recomputation (bids_app.explain.occlusion)",
         },
         fold_values={"BaseScores": bases},
@@ -193,8 +207,9 @@ def _occlusion(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.nd
     )
 
 
-def _gradcam(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.ndarray, device: str,
-             cache_dir: Path | None) -> list[ExplanationMap]:
+def _gradcam(
+    package: Any, x: np.ndarray, options: ExplainOptions, mask: np.ndarray, device: str, cache_dir: Path | None
+) -> list[ExplanationMap]:
     t0 = time.perf_counter()
     maps, logits, layers, shapes = [], [], [], []
     for net, sha in zip(package.folds, package.sha256):
@@ -226,8 +241,18 @@ def _gradcam(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.ndar
         f"Grad-CAM at layer {params['Layer']}: positive part of the gradient-weighted sum of the layer's channels "
         f"for the logit of '{package.positive_label}', upsampled to the model grid"
     )
-    out = [ExplanationMap(f"gradcam{model}", "gradcam", grid.uncrop(cam), desc + ".", "arbitrary (0..1)", params,
-                          fold_values={"Logits": logits}, seconds=seconds)]
+    out = [
+        ExplanationMap(
+            f"gradcam{model}",
+            "gradcam",
+            grid.uncrop(cam),
+            desc + ".",
+            "arbitrary (0..1)",
+            params,
+            fold_values={"Logits": logits},
+            seconds=seconds,
+        )
+    ]
     for method, label in _THRESHOLDS:
         thr, value = threshold_map(cam, method, mask, percentile=options.percentile, k=options.sd_k)
         info: dict[str, Any] = {"Method": method, "Value": value, "ComputedWithin": "brain mask"}
@@ -235,11 +260,19 @@ def _gradcam(package: Any, x: np.ndarray, options: ExplainOptions, mask: np.ndar
             info["Percentile"] = options.percentile
         elif method == "meansd":
             info["K"] = options.sd_k
-        out.append(ExplanationMap(
-            f"gradcamThr{label}{model}", f"gradcamThr{label}", grid.uncrop(thr),
-            desc + f"; voxels below the {method} threshold set to 0.", "arbitrary (0..1)",
-            {**params, "Threshold": info}, threshold=info, fold_values={"Logits": logits}, seconds=seconds,
-        ))
+        out.append(
+            ExplanationMap(
+                f"gradcamThr{label}{model}",
+                f"gradcamThr{label}",
+                grid.uncrop(thr),
+                desc + f"; voxels below the {method} threshold set to 0.",
+                "arbitrary (0..1)",
+                {**params, "Threshold": info},
+                threshold=info,
+                fold_values={"Logits": logits},
+                seconds=seconds,
+            )
+        )
     return out
 
 

@@ -219,7 +219,9 @@ class OcclusionEngine:
     device : torch.device or str
     """
 
-    def __init__(self, net: GraphNet, params: OcclusionParams = OcclusionParams(), device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, net: GraphNet, params: OcclusionParams = OcclusionParams(), device: str | torch.device = "cpu"
+    ) -> None:
         if not isinstance(net, GraphNet):
             raise TypeError(f"occlusion needs a GraphNet (a layer graph), got {type(net).__name__}")
         self.device = torch.device(device)
@@ -232,7 +234,7 @@ class OcclusionEngine:
         self.params = params
         self.nodes: list[Node] = list(self.net.nodes)
         self.index = {n.name: i for i, n in enumerate(self.nodes)}
-        self.logit = self.net._logit_node
+        self.logit = self.net.logit_node
         self.order = [n for n in self.nodes[: self.index[self.logit] + 1]]
         self.shapes = self.net.shapes
         self.windows: dict[str, _Window] = {}
@@ -244,9 +246,7 @@ class OcclusionEngine:
             for s in n.inputs:
                 readers.setdefault(s, []).append(n)
         # a node's cached (unoccluded) output is needed when a reader may read outside its region
-        self.keep = {
-            name for name, rs in readers.items() if any(r.op not in _ELEMENTWISE for r in rs)
-        }
+        self.keep = {name for name, rs in readers.items() if any(r.op not in _ELEMENTWISE for r in rs)}
         self.last_use: dict[str, int] = {}
         for i, n in enumerate(self.order):
             for s in n.inputs:
@@ -281,14 +281,16 @@ class OcclusionEngine:
         if xt.dim() == 4:
             xt = xt[None]
         if tuple(xt.shape) != (1, *self.net.input_shape):
-            raise ValueError(f"occlusion input must be 1 x {' x '.join(map(str, self.net.input_shape))}, got {tuple(xt.shape)}")
+            raise ValueError(
+                f"occlusion input must be 1 x {' x '.join(map(str, self.net.input_shape))}, got {tuple(xt.shape)}"
+            )
         xt = xt.to(self.device)
         cache: dict[str, torch.Tensor] = {}
         live: dict[str, torch.Tensor] = {self.order[0].name: xt}
         with torch.inference_mode():
             for i, n in enumerate(self.order[1:], start=1):
                 xs = [live[s] for s in n.inputs]
-                live[n.name] = self.net._run(n, xs, final=(n.name == self.logit))
+                live[n.name] = self.net.run_node(n, xs, final=(n.name == self.logit))
                 for s in n.inputs:
                     if self.last_use.get(s) == i:
                         t = live.pop(s)
@@ -312,7 +314,9 @@ class OcclusionEngine:
         start = np.clip(lo, 0, full - size)
         return start.astype(np.int64), size.astype(np.int64)
 
-    def _window_region(self, w: _Window, lo: np.ndarray, hi: np.ndarray, out_full: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _window_region(
+        self, w: _Window, lo: np.ndarray, hi: np.ndarray, out_full: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         k = np.asarray(w.kernel)
         s = np.asarray(w.stride)
         d = np.asarray(w.dilation)
@@ -340,11 +344,14 @@ class OcclusionEngine:
                 o = off[0]
                 return loc.t[:, :, o[0] : o[0] + rsize[0], o[1] : o[1] + rsize[1], o[2] : o[2] + rsize[2]]
             parts = [
-                loc.t[b, :, o[0] : o[0] + rsize[0], o[1] : o[1] + rsize[1], o[2] : o[2] + rsize[2]] for b, o in enumerate(off)
+                loc.t[b, :, o[0] : o[0] + rsize[0], o[1] : o[1] + rsize[1], o[2] : o[2] + rsize[2]]
+                for b, o in enumerate(off)
             ]
             return torch.stack(parts)
         cached_t = self._cache[name][0]
-        out_t = torch.empty((B, cached_t.shape[0], *[int(v) for v in rsize]), dtype=cached_t.dtype, device=cached_t.device)
+        out_t = torch.empty(
+            (B, cached_t.shape[0], *[int(v) for v in rsize]), dtype=cached_t.dtype, device=cached_t.device
+        )
         # Slice copies through numpy on the CPU: single-threaded, without an OpenMP barrier per copy
         # (two threads on a busy machine made each small copy 50x slower).
         cpu = cached_t.device.type == "cpu"
@@ -371,7 +378,9 @@ class OcclusionEngine:
                 t1 = lz - r0[b]
                 s0 = la - loc.start[b]
                 s1 = lz - loc.start[b]
-                out[b, :, t0[0] : t1[0], t0[1] : t1[1], t0[2] : t1[2]] = local[b, :, s0[0] : s1[0], s0[1] : s1[1], s0[2] : s1[2]]
+                out[b, :, t0[0] : t1[0], t0[1] : t1[1], t0[2] : t1[2]] = local[
+                    b, :, s0[0] : s1[0], s0[1] : s1[1], s0[2] : s1[2]
+                ]
         return out_t
 
     # ------------------------------------------------------------------ one batch
@@ -383,7 +392,7 @@ class OcclusionEngine:
         if n.op == "avgpool3d" and c["padding"] == "same":
             # TensorFlow divides by the number of real voxels: recompute the whole op
             xin = self._assemble(n.inputs[0], loc_in, np.zeros_like(loc_in.start), self._full(n.inputs[0]), 0.0)
-            t = self.net._run(n, [xin], final=False)
+            t = self.net.run_node(n, [xin], final=False)
             start = np.zeros_like(lo)
             return _Local(t, start, out_full.copy(), lo, hi)
         start, size = self._fit(n.name, lo, hi)
@@ -407,7 +416,7 @@ class OcclusionEngine:
         hi = np.maximum.reduce([loc.hi for loc in locs])
         start, size = self._fit(n.name, lo, hi)
         xs = [self._assemble(s, loc, start, size, 0.0) for s, loc in zip(n.inputs, locs)]
-        t = self.net._run(n, xs, final=False)
+        t = self.net.run_node(n, xs, final=False)
         return _Local(t, start, size, lo, hi)
 
     def _gap(self, n: Node, loc: _Local) -> torch.Tensor:
@@ -421,7 +430,9 @@ class OcclusionEngine:
         new = loc.t.double().sum(dim=(2, 3, 4))
         sz = loc.size
         c = cached[0].double()
-        old = torch.stack([c[:, a[0] : a[0] + sz[0], a[1] : a[1] + sz[1], a[2] : a[2] + sz[2]].sum(dim=(1, 2, 3)) for a in loc.start])
+        old = torch.stack(
+            [c[:, a[0] : a[0] + sz[0], a[1] : a[1] + sz[1], a[2] : a[2] + sz[2]].sum(dim=(1, 2, 3)) for a in loc.start]
+        )
         return (base.double()[None] + (new - old) / count).to(loc.t.dtype)
 
     def occluded_logits(self, starts: np.ndarray) -> np.ndarray:
@@ -457,7 +468,7 @@ class OcclusionEngine:
                         out: _Local | torch.Tensor = self._windowed(n, locs[0])
                     elif n.op in _ELEMENTWISE:
                         loc = locs[0]
-                        out = _Local(self.net._run(n, [loc.t], final=False), loc.start, loc.size, loc.lo, loc.hi)
+                        out = _Local(self.net.run_node(n, [loc.t], final=False), loc.start, loc.size, loc.lo, loc.hi)
                     elif n.op in _MERGE:
                         out = self._merge(n, locs)
                     else:  # pragma: no cover - every spatial op is listed above
@@ -470,7 +481,7 @@ class OcclusionEngine:
                         if isinstance(v, _Local):  # e.g. Flatten of a spatial map: assemble it whole
                             v = self._assemble(s, v, np.zeros_like(v.start), self._full(s), 0.0)
                         xs.append(v)
-                    out = self.net._run(n, xs, final=final)
+                    out = self.net.run_node(n, xs, final=final)
                 live[n.name] = out
                 for s in n.inputs:
                     if self.last_use.get(s) == i:

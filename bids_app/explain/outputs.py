@@ -85,9 +85,14 @@ def _write_regions(path: Path, data: np.ndarray, options: ExplainOptions, atlas:
     write_table(path, table, REGION_COLUMNS)
     side = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     side["Atlas"] = (
-        {"Name": atlas.name, "Source": atlas.source, "Resampling": "nearest neighbour onto the SPM 1.5 mm grid",
-         "Reference": "Tzourio-Mazoyer N. et al. (2002) NeuroImage 15:273-289"}
-        if atlas is not None else None
+        {
+            "Name": atlas.name,
+            "Source": atlas.source,
+            "Resampling": "nearest neighbour onto the SPM 1.5 mm grid",
+            "Reference": "Tzourio-Mazoyer N. et al. (2002) NeuroImage 15:273-289",
+        }
+        if atlas is not None
+        else None
     )
     if reason is not None:
         side["AtlasMissing"] = reason

@@ -77,10 +77,10 @@ class StaticGraphNet(GraphNet):
                 k, s = _triple(n.config["pool_size"], "pool_size"), _triple(n.config["strides"], "strides")
                 self._static_pads[n.name] = same_pad_arg(src, k, s)  # type: ignore[arg-type]
 
-    def _run(self, node: Node, xs: list[torch.Tensor], *, final: bool) -> torch.Tensor:
+    def run_node(self, node: Node, xs: list[torch.Tensor], *, final: bool) -> torch.Tensor:
         pads = self._static_pads.get(node.name)
         if pads is None:
-            return super()._run(node, xs, final=final)
+            return super().run_node(node, xs, final=final)
         x = xs[0]
         c = node.config
         if node.op == "conv3d":

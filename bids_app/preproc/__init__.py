@@ -4,8 +4,8 @@ Every backend implements :class:`bids_app.types.PreprocBackend` in a module of i
 
 * ``clinica``     Clinica ``t1-volume`` with SPM25 standalone (the container's default);
 * ``ants``        SPM-free chain from antspyx and nilearn's MNI152 templates;
-* ``derivatives`` (:mod:`~bids_app.preproc.existing`) reuse maps that already exist (Clinica CAPS, BIDS-derivatives ``label-GM``
-  probseg maps, DPARSF ``wc1*``/``mwc1*`` files).
+* ``derivatives`` (:mod:`~bids_app.preproc.existing`) reuse maps that already exist (Clinica CAPS,
+  BIDS-derivatives ``label-GM`` probseg maps, DPARSF ``wc1*``/``mwc1*`` files).
 
 Backends know nothing of the models; :func:`get_backend` is the only way the workflows choose one.
 """

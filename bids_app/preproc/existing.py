@@ -112,8 +112,9 @@ class DerivativesBackend:
         run_re = f"_run-{unit.run}_" if unit.run else ""
         for ses_dir in ses_dirs:
             for sub in ("t1/spm/segmentation/normalized_space", "t1/spm/dartel/group-*"):
-                off = self._one(ses_dir, f"{sub}/*segm-graymatter_space-Ixi549Space_modulated-off_probability.nii*", run_re)
-                on = self._one(ses_dir, f"{sub}/*segm-graymatter_space-Ixi549Space_modulated-on_probability.nii*", run_re)
+                caps = f"{sub}/*segm-graymatter_space-Ixi549Space_modulated-{{}}_probability.nii*"
+                off = self._one(ses_dir, caps.format("off"), run_re)
+                on = self._one(ses_dir, caps.format("on"), run_re)
                 if off and on:
                     return ("caps", off, on)
         return None

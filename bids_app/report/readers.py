@@ -71,7 +71,7 @@ def load_volume(path: Path) -> np.ndarray | None:
         if not isinstance(img, nib.spatialimages.SpatialImage):
             raise TypeError(f"not a spatial image ({type(img).__name__})")
         return to_grid(img)
-    except Exception as exc:  # noqa: BLE001 - any unreadable image is left out of the report, not fatal
+    except Exception as exc:
         logger.warning("%s: cannot be read (%s); left out of the report", path, exc)
         return None
 
@@ -158,7 +158,7 @@ def read_regions(item: ExplanationMap, limit: int = 8) -> list[dict[str, Any]] |
         return None
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, nrows=limit)
-    except Exception as exc:  # noqa: BLE001 - a damaged summary is left out; the map is still shown
+    except Exception as exc:
         logger.warning("%s: unreadable (%s); left out of the report", path, exc)
         return None
     return table.astype(object).where(table.notna(), None).to_dict(orient="records")

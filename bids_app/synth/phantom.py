@@ -190,7 +190,7 @@ def make_phantom(
     del world, tmpl_world, ijk
 
     def sample(arr: np.ndarray) -> np.ndarray:
-        return ndimage.map_coordinates(arr, t_vox, order=1, mode="constant", cval=0.0).reshape(shape)  # noqa: F821 (deleted after use)
+        return ndimage.map_coordinates(arr, t_vox, order=1, mode="constant", cval=0.0).reshape(shape)
 
     t1 = sample(head)
     gm_native = sample(gm_t)
