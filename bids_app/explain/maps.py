@@ -140,7 +140,7 @@ def _store(cache_dir: Path | None, key: str, arrays: Mapping[str, np.ndarray]) -
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache_dir / f"{key}.npz", suffix=".npz") as tmp:
-        np.savez(tmp, **dict(arrays))
+        np.savez(tmp, **dict(arrays))  # type: ignore[arg-type]
 
 
 def _occlusion(

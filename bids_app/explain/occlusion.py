@@ -360,7 +360,7 @@ class OcclusionEngine:
         local = loc.t.numpy() if cpu else loc.t
         padded = bool(np.any(r0 < 0) or np.any(r0 + rsize > full))
         if padded:
-            out.fill(pad_value) if cpu else out_t.fill_(pad_value)
+            out.fill(pad_value) if cpu else out_t.fill_(pad_value)  # type: ignore[union-attr]
         lo_in = np.maximum(r0, 0)
         hi_in = np.minimum(r0 + rsize, full)
         llo = np.maximum(lo_in, loc.start)
@@ -371,14 +371,14 @@ class OcclusionEngine:
                 continue
             d0 = a - r0[b]
             d1 = z - r0[b]
-            out[b, :, d0[0] : d1[0], d0[1] : d1[1], d0[2] : d1[2]] = cached[:, a[0] : z[0], a[1] : z[1], a[2] : z[2]]
+            out[b, :, d0[0] : d1[0], d0[1] : d1[1], d0[2] : d1[2]] = cached[:, a[0] : z[0], a[1] : z[1], a[2] : z[2]]  # type: ignore[assignment]
             la, lz = llo[b], lhi[b]
             if np.all(lz > la):
                 t0 = la - r0[b]
                 t1 = lz - r0[b]
                 s0 = la - loc.start[b]
                 s1 = lz - loc.start[b]
-                out[b, :, t0[0] : t1[0], t0[1] : t1[1], t0[2] : t1[2]] = local[
+                out[b, :, t0[0] : t1[0], t0[1] : t1[1], t0[2] : t1[2]] = local[  # type: ignore[assignment]
                     b, :, s0[0] : s1[0], s0[1] : s1[1], s0[2] : s1[2]
                 ]
         return out_t
@@ -403,7 +403,7 @@ class OcclusionEngine:
         xin = self._assemble(n.inputs[0], loc_in, r0, rsize, w.pad_value)
         if n.op == "conv3d":
             conv = self.net.layers[n.name]
-            t = F.conv3d(xin, conv.weight, conv.bias, stride=w.stride, padding=0, dilation=w.dilation)
+            t = F.conv3d(xin, conv.weight, conv.bias, stride=w.stride, padding=0, dilation=w.dilation)  # type: ignore[arg-type]
             t = ACTIVATIONS[c.get("activation", "linear")](t)
         elif n.op == "maxpool3d":
             t = F.max_pool3d(xin, w.kernel, w.stride)
@@ -453,7 +453,7 @@ class OcclusionEngine:
         xa, ta = (x.numpy(), t.numpy()) if cpu else (x, t)
         for b in range(B):
             a = start[b]
-            ta[b] = xa[0, :, a[0] : a[0] + size[0], a[1] : a[1] + size[1], a[2] : a[2] + size[2]]
+            ta[b] = xa[0, :, a[0] : a[0] + size[0], a[1] : a[1] + size[1], a[2] : a[2] + size[2]]  # type: ignore[assignment]
             o0 = lo[b] - a
             o1 = hi[b] - a
             ta[b, :, o0[0] : o1[0], o0[1] : o1[1], o0[2] : o1[2]] = baseline

@@ -70,7 +70,7 @@ class StaticGraphNet(GraphNet):
         self._static_pads: dict[str, list[int]] = {}
         for n in self.nodes:
             src = self.shapes[n.inputs[0]][1:] if n.inputs else None
-            if n.op == "conv3d" and self.layers[n.name].dynamic_same:  # type: ignore[union-attr]
+            if n.op == "conv3d" and self.layers[n.name].dynamic_same:
                 conv = self.layers[n.name]
                 self._static_pads[n.name] = same_pad_arg(src, conv.kernel_size, conv.stride, conv.dilation)  # type: ignore[arg-type]
             elif n.op in ("maxpool3d", "avgpool3d") and n.config["padding"] == "same":
@@ -85,7 +85,7 @@ class StaticGraphNet(GraphNet):
         c = node.config
         if node.op == "conv3d":
             conv = self.layers[node.name]
-            y = F.conv3d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation)  # type: ignore[arg-type]
+            y = F.conv3d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation)  # type: ignore[call-overload]
             return y if final else _activation(c.get("activation", "linear"))(y)
         k, s = _triple(c["pool_size"], "pool_size"), _triple(c["strides"], "strides")
         if node.op == "maxpool3d":
@@ -127,7 +127,7 @@ def export_network(net: nn.Module) -> StaticGraphNet:
     """The float32 CPU, BatchNorm-folded, static-padding copy of ``net`` that every export traces."""
     if not isinstance(net, GraphNet):
         raise ExportError(f"only layer-graph networks can be exported, got {type(net).__name__}")
-    return StaticGraphNet(fold_batchnorm(cpu_fp32(net)))
+    return StaticGraphNet(fold_batchnorm(cpu_fp32(net)))  # type: ignore[arg-type]
 
 
 def export_onnx(net: nn.Module, path: Path, *, opset: int = ONNX_OPSET) -> Path:
@@ -209,10 +209,10 @@ def export_package(package: ModelPackage, out_dir: Path, fmt: str = "onnx", *,
         try:
             if fmt == "onnx":
                 export_onnx(net, tmp)
-                diff = verify(net, lambda a, p=tmp: run_onnx(p, a), x, f"{package.name} fold {k} ONNX export")
+                diff = verify(net, lambda a, p=tmp: run_onnx(p, a), x, f"{package.name} fold {k} ONNX export")  # type: ignore[misc]
             else:
                 export_torchscript(net, tmp)
-                diff = verify(net, lambda a, p=tmp: _run_torchscript(p, a), x,
+                diff = verify(net, lambda a, p=tmp: _run_torchscript(p, a), x,  # type: ignore[misc]
                               f"{package.name} fold {k} TorchScript export")
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -223,7 +223,7 @@ def export_package(package: ModelPackage, out_dir: Path, fmt: str = "onnx", *,
     manifest = {
         "package": package.name, "version": package.version, "task": package.task, "format": fmt,
         "opset": ONNX_OPSET if fmt == "onnx" else None,
-        "input": {"name": "x", "shape": ["N", *package.folds[0].input_shape], "dtype": "float32",
+        "input": {"name": "x", "shape": ["N", *package.folds[0].input_shape], "dtype": "float32",  # type: ignore[misc]
                   "layout": "N C D H W"},
         "output": {"name": "logit", "meaning": "logit; score = sigmoid(logit)"},
         "torch": torch.__version__, "check_inputs": int(x.shape[0]), "folds": folds,

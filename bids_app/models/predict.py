@@ -94,7 +94,7 @@ def prepare(package: ModelPackage, device: torch.device, precision: str = "auto"
     key = ("engine", str(device), precision, threads or torch.get_num_threads())
     cached: Any = package.prepared.get(key)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     if precision == "auto":
         order, rule = candidates(device)
     else:

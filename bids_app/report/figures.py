@@ -95,7 +95,7 @@ def peak_voxel(volume: np.ndarray) -> tuple[int, int, int]:
     """Index of the largest absolute value of ``volume`` (NaN ignored; the centre when all zero)."""
     v = np.abs(np.nan_to_num(np.asarray(volume, dtype=np.float32)))
     if not v.any():
-        return tuple(s // 2 for s in v.shape)  # type: ignore[return-value]
+        return tuple(s // 2 for s in v.shape)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(v)), v.shape))  # type: ignore[return-value]
 
 
@@ -225,7 +225,7 @@ def gm_slices_figure(
 ):
     """GM density and volume maps over the template, slices through ``cut`` (default: the grid centre)."""
     shape = np.asarray(maps[0][1]).shape
-    cut = cut or tuple(s // 2 for s in shape)  # type: ignore[assignment]
+    cut = cut or tuple(s // 2 for s in shape)
     rows = [
         Overlay(name, data, label=f"{name} ({'0..1' if name == 'GMD' else 'modulated'})", threshold=0.1, cut=cut)
         for name, data in maps

@@ -99,7 +99,7 @@ def _torch_runner(net: nn.Module, engine: str, precision: str, device: torch.dev
     net = net.to(device).eval()
     channels_last = engine in ("torch-fast", "torch-compile")
     if engine == "torch-fused":
-        net = OneDNNGraphNet(net.float())
+        net = OneDNNGraphNet(net.float())  # type: ignore[arg-type]
     elif channels_last and isinstance(net, GraphNet):
         net = fold_batchnorm(net).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     for p in net.parameters():
