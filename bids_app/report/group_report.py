@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
@@ -18,12 +18,17 @@ from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import write_text
 from ..errors import NoInputError
 from ..metrics import METRIC_NAMES
+from ..outputs import GROUP_FIGURES, FailureRecord, TableProblem, collect_failures
 from . import html
 from .participant_report import NOT_VALIDATED_WARNING, SYNTHETIC_WARNING
 
 __all__ = ["GROUP_REPORT", "write_group_report"]
 
 GROUP_REPORT = "group_report.html"
+
+#: tables longer than this are summarised (per model / per failing step) instead of listed row by
+#: row: a biobank's 100,000 rows would make a page no browser can use; the TSV has every row
+MAX_LISTED_ROWS = 1000
 
 _FIGURE_CAPTIONS = {
     "group_roc.png": "ROC curves of every model against the labels in participants.tsv (one point per participant).",
@@ -100,37 +105,72 @@ def _evaluation_section(output_dir: Path) -> str:
     )
 
 
-def write_group_report(output_dir: Path) -> Path:
+def _truthy_column(table: pd.DataFrame, column: str) -> pd.Series:
+    return table[column].astype("string").str.strip().str.lower().eq("true").fillna(False).astype(bool)
+
+
+def _prediction_summary(predictions: pd.DataFrame) -> str:
+    """Per model: counts, predicted labels and the score distribution (for tables too long to list)."""
+    table = predictions.assign(
+        _score=pd.to_numeric(predictions["score"], errors="coerce"),
+        _nv=~_truthy_column(predictions, "validated_input"),
+        _qc=~_truthy_column(predictions, "qc_pass"),
+    )
+    rows = []
+    for (task, name, version), g in table.groupby(["target", "model_name", "model_version"], sort=True, dropna=False):
+        q = g["_score"].quantile([0.05, 0.25, 0.5, 0.75, 0.95]).to_numpy()
+        labels = g["predicted_label"].value_counts()
+        rows.append({
+            "model": f"{task}: {name} {'' if pd.isna(version) else version}".strip(),
+            "predictions": len(g),
+            "participants": int(g["participant_id"].nunique()),
+            "predicted labels": ", ".join(f"{k} {v}" for k, v in labels.items()),
+            "score 5 / 25 / 50 / 75 / 95%": " / ".join(f"{v:.3f}" for v in q),
+            "not validated": int(g["_nv"].sum()),
+            "QC failed": int(g["_qc"].sum()),
+        })
+    return html.table(rows, list(rows[0]) if rows else ["model"])
+
+
+def write_group_report(
+    output_dir: Path,
+    *,
+    failures: Sequence[FailureRecord] | None = None,
+    problems: Sequence[TableProblem] = (),
+) -> Path:
     """Write ``output_dir/group_report.html`` from the group files and return its path.
 
-    Raises :class:`~bids_app.errors.NoInputError` when ``group_predictions.tsv`` is missing (run
-    the group level first).
+    ``failures`` (default: read from ``output_dir``) and ``problems`` (predictions tables the group
+    level could not use) are listed; beyond :data:`MAX_LISTED_ROWS` rows, predictions and failures
+    are summarised instead of listed. Raises :class:`~bids_app.errors.NoInputError` when
+    ``group_predictions.tsv`` is missing (run the group level first).
     """
     from ..derivatives import read_predictions
-    from ..group import GROUP_FIGURES, collect_failures
 
     output_dir = Path(output_dir)
     pred_path = output_dir / "group_predictions.tsv"
     if not pred_path.is_file():
         raise NoInputError(f"{pred_path} not found; run the group level first")
     predictions = read_predictions(pred_path)
-    rows = predictions.astype(object).where(predictions.notna(), None).to_dict(orient="records")
+    listed = predictions.iloc[:MAX_LISTED_ROWS]
+    rows = listed.astype(object).where(listed.notna(), None).to_dict(orient="records")
 
     body = [html.notice(RESEARCH_USE_NOTICE, "danger")]
-    synthetic = sorted({str(r["model_name"]) for r in rows if _truthy(r.get("model_trained_on_synthetic"))})
+    synthetic = sorted(set(predictions.loc[_truthy_column(predictions, "model_trained_on_synthetic"), "model_name"].astype(str)))
     if synthetic:
         body.append(html.notice(SYNTHETIC_WARNING + " Models: " + ", ".join(synthetic) + ".", "danger"))
-    not_validated = [r for r in rows if not _truthy(r.get("validated_input"))]
-    if not_validated:
-        reasons = sorted({str(r["warnings"]) for r in not_validated if r.get("warnings")})
+    not_validated = predictions[~_truthy_column(predictions, "validated_input")]
+    if len(not_validated):
+        reasons = sorted(set(not_validated["warnings"].dropna().astype(str)))
+        shown = "; ".join(reasons[:10]) + (f"; and {len(reasons) - 10} other reasons" if len(reasons) > 10 else "")
         body.append(
             html.notice(
-                f"{len(not_validated)} of {len(rows)} predictions: " + NOT_VALIDATED_WARNING + ("; ".join(reasons) or "not recorded"),
+                f"{len(not_validated)} of {len(predictions)} predictions: " + NOT_VALIDATED_WARNING + (shown or "not recorded"),
                 "warn",
             )
         )
 
-    failures = collect_failures(output_dir)
+    failures = tuple(collect_failures(output_dir) if failures is None else failures)
     images = predictions[["participant_id", "session_id", "run_id", "source_file"]].drop_duplicates()
     models = predictions[["target", "model_name", "model_version"]].drop_duplicates()
     overview = {
@@ -139,6 +179,8 @@ def write_group_report(output_dir: Path) -> Path:
         "models": ", ".join(f"{t}: {n} {'' if pd.isna(v) else v}".strip() for t, n, v in models.itertuples(index=False)),
         "T1w images that failed": len(failures),
     }
+    if problems:
+        overview["predictions tables not used"] = len(problems)
     body.append(html.section("Overview", html.key_value_table(overview), anchor="overview"))
     body.append(_evaluation_section(output_dir))
 
@@ -153,9 +195,24 @@ def write_group_report(output_dir: Path) -> Path:
     if failures:
         frows = [
             {"participant": f.participant_id, "record": str(f.path.relative_to(output_dir)), "reason": f.reason}
-            for f in failures
+            for f in failures[:MAX_LISTED_ROWS]
         ]
-        body.append(html.section("Failures", html.table(frows, ["participant", "record", "reason"]), anchor="failures"))
+        parts = [html.table(frows, ["participant", "record", "reason"])]
+        if len(failures) > MAX_LISTED_ROWS:
+            steps = pd.Series([str(f.record.get("step") or "not recorded") for f in failures]).value_counts()
+            parts.insert(0, html.notice(
+                f"{len(failures)} failed T1w; the first {MAX_LISTED_ROWS} are listed. By step: "
+                + ", ".join(f"{k} {v}" for k, v in steps.items()), "warn"))
+        body.append(html.section("Failures", *parts, anchor="failures"))
+    if problems:
+        trows = [{"participant": t.participant_id, "table": str(t.path.relative_to(output_dir)), "problem": t.reason}
+                 for t in problems[:MAX_LISTED_ROWS]]
+        body.append(html.section(
+            "Predictions tables not used",
+            html.notice("These tables are not in group_predictions.tsv: rerun the participant level for them.", "warn"),
+            html.table(trows, ["participant", "table", "problem"]),
+            anchor="problems",
+        ))
 
     prow = []
     for r in rows:
@@ -177,13 +234,21 @@ def write_group_report(output_dir: Path) -> Path:
                 "report": link,
             }
         )
-    body.append(
-        html.section(
+    if len(predictions) > MAX_LISTED_ROWS:
+        body.append(html.section(
             "Predictions",
-            html.table(prow, list(prow[0]) if prow else ["participant_id"], raw=("report",)),
+            html.notice(f"{len(predictions)} predictions: summarised per model; every row is in group_predictions.tsv."),
+            _prediction_summary(predictions),
             anchor="predictions",
+        ))
+    else:
+        body.append(
+            html.section(
+                "Predictions",
+                html.table(prow, list(prow[0]) if prow else ["participant_id"], raw=("report",)),
+                anchor="predictions",
+            )
         )
-    )
     document = html.page(
         "vbm-predict group report",
         body,
