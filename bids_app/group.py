@@ -41,6 +41,9 @@ __all__ = ["GroupSummary", "run_group_level"]
 
 logger = logging.getLogger(__name__)
 
+#: failures named one by one in the log (all of them are in the summary and the report)
+_MAX_LOGGED = 20
+
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,10 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
         raise NoInputError(
             f"no sub-*/**/*_predictions.tsv or *_failure.json under {output_dir}; run the participant level first"
         )
-    for failure in failures:
+    for failure in failures[:_MAX_LOGGED]:
         logger.warning("%s: no predictions (%s); see %s", failure.participant_id, failure.reason, failure.path)
+    if len(failures) > _MAX_LOGGED:
+        logger.warning("... and %d more T1w without predictions (listed in the group report)", len(failures) - _MAX_LOGGED)
     labels = read_participant_labels(bids_dir)
 
     # 1. compute everything (a failure here leaves every earlier group file as it was)

@@ -220,13 +220,12 @@ def _parse_column(
 ) -> tuple[list[str | None], Counter]:
     out: list[str | None] = []
     unknown: Counter = Counter()
+    seen: dict[Any, str | None] = {}  # a column holds few distinct spellings: parse each once
     for raw in values:
-        if _is_missing(raw):
-            out.append(None)
-            continue
-        key = _code_key(raw)
-        parsed = levels.get(key) if key in levels else parse(raw)
-        if parsed is None:
+        if raw not in seen:
+            seen[raw] = None if _is_missing(raw) else (levels.get(key) if (key := _code_key(raw)) in levels else parse(raw))
+        parsed = seen[raw]
+        if parsed is None and not _is_missing(raw):
             unknown[str(raw)] += 1
         out.append(parsed)
     return out, unknown

@@ -96,38 +96,46 @@ class ParticipantOutputs:
     n_tables: int
 
 
-def _walk(folder: str) -> Iterator[os.DirEntry]:
-    """Files below ``folder``; hidden entries (temporaries, ``.work``) and their contents skipped."""
+def _walk(folder: str, found: list[str]) -> None:
+    """Append the predictions tables and failure records below ``folder`` to ``found``; hidden
+    entries (temporaries, ``.work``) and their contents are skipped. Plain strings, no Path
+    objects: at 100,000 participants object creation is what a directory walk costs."""
     try:
-        entries = list(os.scandir(folder))
+        entries = os.scandir(folder)
     except OSError as exc:
         logger.warning("%s: cannot be listed (%s); its files are not read", folder, exc.strerror)
         return
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
-        elif entry.is_file():
-            yield entry
+    with entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            if name.endswith(PREDICTIONS_SUFFIX) or name.endswith(FAILURE_SUFFIX):
+                found.append(entry.path)
+            elif "." not in name and entry.is_dir(follow_symlinks=False):
+                _walk(entry.path, found)
 
 
-def iter_unit_files(output_dir: Path) -> Iterator[tuple[str, Path]]:
-    """``(participant folder, path)`` of every file below the ``sub-*`` folders of ``output_dir``,
-    in sorted order, hidden files and folders left out."""
-    output_dir = Path(output_dir)
+def iter_unit_files(output_dir: Path) -> Iterator[tuple[str, str]]:
+    """``(participant folder, path)`` of every predictions table and failure record below the
+    ``sub-*`` folders of ``output_dir``, in sorted order, hidden files and folders left out."""
     try:
-        subjects = sorted(e.name for e in os.scandir(output_dir) if e.name.startswith("sub-") and e.is_dir())
+        with os.scandir(output_dir) as it:
+            subjects = sorted(e.name for e in it if e.name.startswith("sub-") and e.is_dir())
     except OSError:
         return
+    root = str(output_dir)
     for sub in subjects:
-        for entry in sorted(_walk(str(output_dir / sub)), key=lambda e: e.path):
-            yield sub, Path(entry.path)
+        found: list[str] = []
+        _walk(os.path.join(root, sub), found)
+        for path in sorted(found):
+            yield sub, path
 
 
-def _failure_record(path: Path, participant: str) -> FailureRecord:
+def _failure_record(path: str, participant: str) -> FailureRecord:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as fh:
+            record = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         record = {"unreadable": str(exc)}
     if not isinstance(record, dict):
@@ -139,7 +147,7 @@ def _failure_record(path: Path, participant: str) -> FailureRecord:
         reason = f"at {record['step']}: {reason}"
     if not reason and record.get("unreadable"):
         reason = f"unreadable failure record: {record['unreadable']}"
-    return FailureRecord(path=path, participant_id=participant, reason=reason or "no reason recorded", record=record)
+    return FailureRecord(path=Path(path), participant_id=participant, reason=reason or "no reason recorded", record=record)
 
 
 def _read_one(path: Path) -> pd.DataFrame:
@@ -157,19 +165,19 @@ def _parse_rows(bodies: list[bytes]) -> pd.DataFrame:
     return read_predictions(io.BytesIO(_HEADER + b"".join(bodies)))  # type: ignore[arg-type]
 
 
-def _scan(output_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+def _scan(output_dir: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """Predictions tables and live failure records (stale ones logged and left out)."""
-    tables: list[tuple[str, Path]] = []
-    failures: list[tuple[str, Path]] = []
+    tables: list[tuple[str, str]] = []
+    failures: list[tuple[str, str]] = []
     for participant, path in iter_unit_files(output_dir):
-        if path.name.endswith(PREDICTIONS_SUFFIX):
+        if path.endswith(PREDICTIONS_SUFFIX):
             tables.append((participant, path))
-        elif path.name.endswith(FAILURE_SUFFIX):
+        else:
             failures.append((participant, path))
-    with_table = {str(p)[: -len(PREDICTIONS_SUFFIX)] for _, p in tables}
+    with_table = {p[: -len(PREDICTIONS_SUFFIX)] for _, p in tables}
     live = []
     for participant, path in failures:
-        if str(path)[: -len(FAILURE_SUFFIX)] in with_table:
+        if path[: -len(FAILURE_SUFFIX)] in with_table:
             logger.info("%s: a predictions file of the same T1w exists; the failure record is stale", path)
             continue
         live.append((participant, path))
@@ -187,19 +195,21 @@ def read_participant_outputs(output_dir: Path) -> ParticipantOutputs:
     problems: list[TableProblem] = []
     bodies: list[bytes] = []
     others: list[pd.DataFrame] = []
-    for participant, path in tables:
+    for participant, name in tables:
         try:
-            data = path.read_bytes()
+            with open(name, "rb") as fh:
+                data = fh.read()
         except OSError as exc:
-            problems.append(TableProblem(path, participant, f"cannot be read ({exc.strerror})"))
+            problems.append(TableProblem(Path(name), participant, f"cannot be read ({exc.strerror})"))
             continue
         if data.startswith(_HEADER) and b'"' not in data and b"\r" not in data:
             body = data[len(_HEADER):]
             if not body.strip():
-                problems.append(TableProblem(path, participant, "holds only its header: no prediction rows"))
+                problems.append(TableProblem(Path(name), participant, "holds only its header: no prediction rows"))
                 continue
             bodies.append(body if body.endswith(b"\n") else body + b"\n")
             continue
+        path = Path(name)
         try:  # another header, quoting or line ends: read this one on its own
             table = _read_one(path)
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
