@@ -36,8 +36,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bids_app import RESEARCH_USE_NOTICE  # noqa: E402
-from bids_app.derivatives import PREDICTION_COLUMNS, column_sidecar  # noqa: E402
 from bids_app._io import write_json  # noqa: E402
+from bids_app.derivatives import PREDICTION_COLUMNS, column_sidecar  # noqa: E402
 
 FAILURE_RATE = 0.005
 QC_FAIL_RATE = 0.02
@@ -98,7 +98,8 @@ def simulate(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
             "fold_score_sd": np.round(folds.std(axis=1), 6),
             "qc_pass": qc_ok,
             "qc_flags": np.where(qc_ok, None, "gmv_template_correlation"),
-            "qc_gmv_template_correlation": np.round(np.where(qc_ok, rng.normal(0.8, 0.04, n), rng.normal(0.55, 0.05, n)), 6),
+            "qc_gmv_template_correlation": np.round(
+                np.where(qc_ok, rng.normal(0.8, 0.04, n), rng.normal(0.55, 0.05, n)), 6),
             "preproc_backend": "clinica",
             "preproc_backend_version": "clinica 0.12.0; SPM25 25.01.02",
             "validated_input": qc_ok,
@@ -172,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                 walls.append(wall)
                 peaks.append(peak)
             runs = ", ".join(f"{w:.1f}" for w in walls)
-            print(f"{n:>12} {sim:>10.1f} {statistics.median(walls):>9.1f} {runs:>22} {max(peaks):>8.2f} {report_mb:>9.2f}",
+            print(f"{n:>12} {sim:>10.1f} {statistics.median(walls):>9.1f} {runs:>22} {max(peaks):>8.2f} "
+                  f"{report_mb:>9.2f}",
                   flush=True)
         finally:
             if args.keep is None:

@@ -99,7 +99,9 @@ EVALUATION_COLUMNS: dict[str, dict[str, Any]] = {
             "with several T1w (sessions, runs) the participant's score is the mean of their scores."
         )
     },
-    "n_labelled": {"Description": "Participants whose label is the positive or the negative class (used for the metrics)."},
+    "n_labelled": {
+        "Description": "Participants whose label is the positive or the negative class (used for the metrics)."
+    },
     "n_positive": {"Description": "Labelled participants of the positive class."},
     "n_negative": {"Description": "Labelled participants of the negative class."},
     "n_unlabelled": {
@@ -109,7 +111,9 @@ EVALUATION_COLUMNS: dict[str, dict[str, Any]] = {
         )
     },
     "n_other_class": {
-        "Description": "Participants of a class the binary model does not separate (MCI for AD, 'other' for sex): left out."
+        "Description": (
+            "Participants of a class the binary model does not separate (MCI for AD, 'other' for sex): left out."
+        )
     },
     **_metric_columns(),
     "n_mmse": {"Description": "Participants with both a score and an MMSE (AD models only; any diagnosis)."},
@@ -238,7 +242,7 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels, *, threads: i
             else:
                 row["n_mmse"], row["spearman_r_mmse"], row["spearman_p_mmse"] = math.nan, math.nan, math.nan
             rows.append(row)
-    for row, ci in zip(rows, _intervals(jobs, threads)):
+    for row, ci in zip(rows, _intervals(jobs, threads), strict=True):
         for name in METRIC_NAMES:
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = ci[name]
     table = pd.DataFrame(rows, columns=list(EVALUATION_COLUMNS))
@@ -247,7 +251,9 @@ def evaluate(predictions: pd.DataFrame, labels: ParticipantLabels, *, threads: i
     return table
 
 
-def _intervals(jobs: list[tuple[np.ndarray, np.ndarray, float]], threads: int | None) -> list[dict[str, tuple[float, float]]]:
+def _intervals(
+    jobs: list[tuple[np.ndarray, np.ndarray, float]], threads: int | None
+) -> list[dict[str, tuple[float, float]]]:
     """Subsampling intervals of every (labels, scores, threshold) job; identical jobs computed once
     (e.g. subset ``validated`` equal to ``all`` when every prediction is validated)."""
     def one(job: tuple[np.ndarray, np.ndarray, float]) -> dict[str, tuple[float, float]]:
@@ -261,7 +267,7 @@ def _intervals(jobs: list[tuple[np.ndarray, np.ndarray, float]], threads: int | 
         threads = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     if threads > 1 and len(unique) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            results = dict(zip(unique, pool.map(one, [first[k] for k in unique])))
+            results = dict(zip(unique, pool.map(one, [first[k] for k in unique]), strict=True))
     else:
         results = {k: one(first[k]) for k in unique}
     return [results[k] for k in keys]

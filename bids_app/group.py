@@ -35,7 +35,14 @@ from .errors import EXIT_FAILURE, EXIT_OK, NoInputError
 from .evaluation import EVALUATION_COLUMNS, TASK_CLASSES, evaluate, model_threshold, participant_scores
 from .labels import ParticipantLabels, read_participant_labels
 from .metrics import spearman
-from .outputs import GROUP_EVALUATION, GROUP_FIGURES, GROUP_PREDICTIONS, FailureRecord, TableProblem, read_participant_outputs
+from .outputs import (
+    GROUP_EVALUATION,
+    GROUP_FIGURES,
+    GROUP_PREDICTIONS,
+    FailureRecord,
+    TableProblem,
+    read_participant_outputs,
+)
 
 __all__ = ["GroupSummary", "run_group_level"]
 
@@ -108,7 +115,8 @@ class GroupSummary:
         else:
             lines.append("  not evaluated (no usable labels in participants.tsv, or no predictions)")
         written = [self.predictions_path, self.evaluation_path, *self.figure_paths, self.report_path]
-        lines.append("Outputs: " + ", ".join(str(p.relative_to(self.output_dir)) for p in written if p) + f" in {self.output_dir}")
+        names = ", ".join(str(p.relative_to(self.output_dir)) for p in written if p)
+        lines.append(f"Outputs: {names} in {self.output_dir}")
         return "\n".join(lines)
 
 
@@ -188,7 +196,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
     for failure in failures[:_MAX_LOGGED]:
         logger.warning("%s: no predictions (%s); see %s", failure.participant_id, failure.reason, failure.path)
     if len(failures) > _MAX_LOGGED:
-        logger.warning("... and %d more T1w without predictions (listed in the group report)", len(failures) - _MAX_LOGGED)
+        logger.warning("... and %d more T1w without predictions (see the group report)", len(failures) - _MAX_LOGGED)
     labels = read_participant_labels(bids_dir)
 
     # 1. compute everything (a failure here leaves every earlier group file as it was)
@@ -204,7 +212,9 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
 
     # 2. write (each file atomically), 3. the report, 4. only then remove what this run does not produce
     pred_path = write_table(output_dir / GROUP_PREDICTIONS, predictions, PREDICTION_COLUMNS)
-    eval_path = write_table(output_dir / GROUP_EVALUATION, evaluation, EVALUATION_COLUMNS) if evaluation is not None else None
+    eval_path = None
+    if evaluation is not None:
+        eval_path = write_table(output_dir / GROUP_EVALUATION, evaluation, EVALUATION_COLUMNS)
     figure_paths = [figure_io.save_png(fig, output_dir / GROUP_FIGURES[key]) for key, fig in made.items()]
     report_path = None
     if report:

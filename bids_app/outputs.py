@@ -147,7 +147,8 @@ def _failure_record(path: str, participant: str) -> FailureRecord:
         reason = f"at {record['step']}: {reason}"
     if not reason and record.get("unreadable"):
         reason = f"unreadable failure record: {record['unreadable']}"
-    return FailureRecord(path=Path(path), participant_id=participant, reason=reason or "no reason recorded", record=record)
+    reason = reason or "no reason recorded"
+    return FailureRecord(path=Path(path), participant_id=participant, reason=reason, record=record)
 
 
 def _read_one(path: Path) -> pd.DataFrame:

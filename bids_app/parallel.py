@@ -10,7 +10,9 @@ Why processes and these defaults (``bench/parallel.py``): one T1w through the AN
 second core busy only part of the time (numpy steps, I/O and model inference are mostly one thread),
 so two single-thread T1w at once give more T1w per hour than one T1w on two threads. By default
 every usable CPU is used, with one thread per T1w when there are at least as many T1w as CPUs, and
-the CPUs shared out among the T1w when there are fewer.
+the CPUs shared out among the T1w when there are fewer; T1w that take only seconds (maps reused
+with ``--preproc derivatives``) run one at a time on every CPU, since starting a worker (imports,
+model loading) costs more than it saves there (bench/parallel.py --backend derivatives: 0.59x).
 
 What the pool keeps from a sequential run:
 
@@ -59,9 +61,9 @@ R = TypeVar("R")
 
 #: Peak resident memory of one T1w per preprocessing backend, GB, whole worker process (imports,
 #: backend, models loaded). ants: bench/preproc.py, 2.45 GB on the 2-core machine; derivatives with
-#: the demo models: 0.75 GB (tests/test_parallel.py measures a worker's peak); clinica: SPM25
+#: the demo models: 1.24 GB (bench/parallel.py --backend derivatives, largest process); clinica: SPM25
 #: standalone is not installable where this was measured -- 4 GB is an assumption, not a figure.
-UNIT_MEMORY_GB: dict[str, float] = {"ants": 2.5, "clinica": 4.0, "derivatives": 0.8}
+UNIT_MEMORY_GB: dict[str, float] = {"ants": 2.5, "clinica": 4.0, "derivatives": 1.3}
 #: Peak of the full-size published models' inference (bench/inference.py: 2.24 GB), counted
 #: instead of the backend's figure when it is larger (the stages run one after the other).
 FULL_SIZE_MODELS_GB = 2.3
@@ -137,12 +139,15 @@ def plan_resources(
     omp_nthreads: int | None = None,
     mem_gb: float | None = None,
     unit_mem_gb: float = 2.5,
+    prefer_threads: bool = False,
 ) -> ResourcePlan:
     """Resolve the defaults of ``--nprocs``, ``--omp-nthreads`` and ``--mem-gb`` and check them.
 
     ``nprocs`` defaults to the usable CPUs, ``mem_gb`` to 90% of the available memory, and
     ``omp_nthreads`` to 1 when there are at least as many T1w as CPUs, otherwise to the CPUs
-    shared out among the T1w (at most :data:`MAX_DEFAULT_THREADS`).
+    shared out among the T1w (at most :data:`MAX_DEFAULT_THREADS`). With ``prefer_threads`` (T1w
+    that take seconds, e.g. the ``derivatives`` backend: a worker's start-up, imports and model
+    loading, costs more than it saves) the default is one T1w at a time on every CPU.
     """
     if nprocs is not None and nprocs < 1:
         raise UsageError(f"--nprocs must be at least 1; got {nprocs}")
@@ -151,7 +156,9 @@ def plan_resources(
     if mem_gb is not None and not mem_gb > 0:
         raise UsageError(f"--mem-gb must be a positive number of gigabytes; got {mem_gb}")
     nprocs = nprocs or available_cpus()
-    if omp_nthreads is None:
+    if omp_nthreads is None and prefer_threads:
+        omp_nthreads = nprocs
+    elif omp_nthreads is None:
         omp_nthreads = max(1, min(MAX_DEFAULT_THREADS, nprocs // max(1, min(n_units, nprocs))))
     if omp_nthreads > nprocs:
         raise UsageError(f"--omp-nthreads {omp_nthreads} is more than --nprocs {nprocs} (the CPUs of the whole run)")

@@ -113,7 +113,9 @@ class SlurmJob:
         return "\n".join(lines)
 
 
-def plan_tasks(units: Sequence[T1wUnit], output_dir: Path, bids_dir: Path, *, per_t1w: bool) -> tuple[list[tuple[str, ...]], int]:
+def plan_tasks(
+    units: Sequence[T1wUnit], output_dir: Path, bids_dir: Path, *, per_t1w: bool
+) -> tuple[list[tuple[str, ...]], int]:
     """Selection arguments of every task, for the T1w without a predictions table; and how many
     T1w already have one."""
     from .derivatives import predictions_path
@@ -262,7 +264,7 @@ def submit(job: SlurmJob) -> SlurmJob:
     """Submit the array (when there are tasks) and the group job after it with ``sbatch``."""
     sbatch = shutil.which("sbatch")
     if sbatch is None:
-        raise BackendUnavailableError("--submit needs SLURM's sbatch on PATH; the scripts are written, see " + str(job.folder))
+        raise BackendUnavailableError(f"--submit needs SLURM's sbatch on PATH; the scripts are written in {job.folder}")
 
     def run(*args: str) -> str:
         proc = subprocess.run([sbatch, "--parsable", *args], capture_output=True, text=True, cwd=job.folder)

@@ -244,7 +244,8 @@ def run_participant_level(
     packages = _load_packages(models_dir, device)
     backend_name = resolve_backend_name(preproc, derivatives_dir=derivatives_dir)
     plan = plan_resources(len(units), nprocs=nprocs, omp_nthreads=omp_nthreads, mem_gb=mem_gb,
-                          unit_mem_gb=unit_memory_gb(backend_name, packages))
+                          unit_mem_gb=unit_memory_gb(backend_name, packages),
+                          prefer_threads=backend_name == "derivatives")
     backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
                           dartel_template=dartel_template)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())

@@ -141,12 +141,13 @@ def start_cluster(cpus: int = 2) -> Cluster:
         log = open(root / "munged.log", "w")  # noqa: SIM115 - closed with the process
         cluster.procs.append(subprocess.Popen(
             [_which("munged"), "-F", "--force", f"--key-file={key}", f"--socket={sock}",
-             f"--pid-file={root / 'munged.pid'}", f"--seed-file={root / 'munge.seed'}", f"--log-file={root / 'munged.log'}"],
+             f"--pid-file={root / 'munged.pid'}", f"--seed-file={root / 'munge.seed'}",
+             f"--log-file={root / 'munged.log'}"],
             stdout=log, stderr=subprocess.STDOUT, env=env))
         _wait(lambda: sock.exists(), 20, "munged did not create its socket", cluster)
         cluster.procs.append(subprocess.Popen([_which("slurmctld"), "-D", "-i", "-f", str(conf)], env=env,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait(lambda: cluster.run("scontrol", "ping", check=False).find("UP") >= 0, 40, "slurmctld did not come up", cluster)
+        _wait(lambda: "UP" in cluster.run("scontrol", "ping", check=False), 40, "slurmctld did not come up", cluster)
         cluster.procs.append(subprocess.Popen([_which("slurmd"), "-D", "-f", str(conf), "-N", host], env=env,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait(lambda: cluster.run("sinfo", "-h", "-o", "%T", check=False).strip() in ("idle", "mixed", "allocated"),

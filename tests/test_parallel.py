@@ -120,6 +120,8 @@ def test_memory_budget_and_defaults():
     assert (p.omp_nthreads, p.nprocs) == (1, 4)
     p = plan_resources(1, nprocs=4, mem_gb=50)
     assert (p.omp_nthreads, p.workers) == (4, 1)  # one T1w gets every CPU as threads
+    p = plan_resources(10, nprocs=4, mem_gb=50, prefer_threads=True)
+    assert (p.omp_nthreads, p.workers) == (4, 1)  # seconds per T1w (derivatives): no pool by default
     with pytest.raises(UsageError, match="--omp-nthreads 4 is more than --nprocs 2"):
         plan_resources(3, nprocs=2, omp_nthreads=4)
     with pytest.raises(UsageError, match="--mem-gb"):
@@ -140,7 +142,8 @@ def test_set_threads_sets_torch_and_itk():
 def _init_many(args: tuple[str, str, int]) -> None:
     out, bids, start = args
     barrier_wait = start  # noqa: F841 - processes start together through the pool's warm-up
-    init_dataset(Path(out), Path(bids), container={"Type": "apptainer", "Tag": "vbm-predict:test"} if start % 2 else None)
+    container = {"Type": "apptainer", "Tag": "vbm-predict:test"} if start % 2 else None
+    init_dataset(Path(out), Path(bids), container=container)
 
 
 def test_sixteen_processes_create_one_dataset(tmp_path):

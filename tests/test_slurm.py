@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -118,7 +117,8 @@ def test_scripts_for_apptainer_and_per_t1w(tmp_path, mni_gm_maps, monkeypatch, c
     sif.write_bytes(b"")
     out = tmp_path / "out"
     code = main(["slurm", str(bids), str(out), "--preproc", "derivatives", "--derivatives", str(maps),
-                 "--models", "demo", "--skip-bids-validation", "--per-t1w", "--image", str(sif), "--partition", "short"])
+                 "--models", "demo", "--skip-bids-validation", "--per-t1w", "--image", str(sif),
+                 "--partition", "short"])
     assert code == 0
     folder = next((out / "code" / "slurm").iterdir())
     tasks = [line.split("\t") for line in (folder / "tasks.tsv").read_text().splitlines()]
@@ -128,7 +128,8 @@ def test_scripts_for_apptainer_and_per_t1w(tmp_path, mni_gm_maps, monkeypatch, c
     script = (folder / "array.sbatch").read_text()
     assert "#SBATCH --array=1-3\n" in script and "#SBATCH --partition=short" in script
     assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem=3584M" in script
-    assert f"apptainer run --cleanenv -B {bids.resolve()}:{bids.resolve()}:ro -B {out.resolve()}:{out.resolve()}" in script
+    b, o = bids.resolve(), out.resolve()
+    assert f"apptainer run --cleanenv -B {b}:{b}:ro -B {o}:{o}" in script
     assert f"-B {maps.resolve()}:{maps.resolve()}:ro {sif.resolve()}" in script
     assert "--skip-bids-validation" in script and '--nprocs "${SLURM_CPUS_PER_TASK:-2}"' in script
     assert "#SBATCH --output=" in script and "task-%a_job-%A.log" in script

@@ -44,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..discovery import discover_units, read_labels
     from ..derivatives import init_dataset
+    from ..discovery import discover_units, read_labels
     from ..errors import UsageError
     from ..preproc import resolve_backend_name
     from ..slurm import SlurmOptions, app_arguments, submit, write_slurm_job
