@@ -110,11 +110,14 @@ def simulate(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
     # one to_csv for everything, the same writer and options as write_table; then two rows per file
     lines = table.to_csv(sep="\t", index=False, na_rep="n/a").splitlines(keepends=True)
     header, body = lines[0], lines[1:]
-    sidecar = out / ".sidecar.json"
-    write_json(sidecar, column_sidecar(list(PREDICTION_COLUMNS)))
-    gm = out / ".map.nii.gz"
-    gm.write_bytes(b"\0" * 4096)
+    # hard links to a few source files (a file takes at most 65,000 links on ext4: a new one per 20,000)
+    sources: list[Path] = []
     for i, pid in enumerate(ids):
+        if i % 20_000 == 0:
+            sidecar, gm = out / f".sidecar-{i}.json", out / f".map-{i}.nii.gz"
+            write_json(sidecar, column_sidecar(list(PREDICTION_COLUMNS)))
+            gm.write_bytes(b"\0" * 4096)
+            sources += [sidecar, gm]
         anat = out / pid / "anat"
         anat.mkdir(parents=True)
         if failed[i]:
@@ -128,8 +131,8 @@ def simulate(root: Path, n: int, seed: int = 0) -> tuple[Path, Path]:
             stem = anat / f"{pid}_space-IXI549Space_label-GM{desc}_probseg"
             os.link(gm, f"{stem}.nii.gz")
             os.link(sidecar, f"{stem}.json")
-    sidecar.unlink()
-    gm.unlink()
+    for source in sources:
+        source.unlink()
     return bids, out
 
 
