@@ -301,6 +301,7 @@ def init_dataset(
     }
     _write_if_changed(output_dir / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     _write_if_changed(output_dir / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
+    (output_dir / "logs").mkdir(exist_ok=True)  # here, once, not by the first of many jobs to log
 
 
 def _write_if_changed(path: Path, text: str) -> None:

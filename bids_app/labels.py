@@ -220,13 +220,16 @@ def _parse_column(
 ) -> tuple[list[str | None], Counter]:
     out: list[str | None] = []
     unknown: Counter = Counter()
+    seen: dict[Any, str | None] = {}  # a column holds few distinct spellings: parse each once
     for raw in values:
-        if _is_missing(raw):
-            out.append(None)
-            continue
-        key = _code_key(raw)
-        parsed = levels.get(key) if key in levels else parse(raw)
-        if parsed is None:
+        if raw not in seen:
+            if _is_missing(raw):
+                seen[raw] = None
+            else:
+                key = _code_key(raw)
+                seen[raw] = levels.get(key) if key in levels else parse(raw)
+        parsed = seen[raw]
+        if parsed is None and not _is_missing(raw):
             unknown[str(raw)] += 1
         out.append(parsed)
     return out, unknown

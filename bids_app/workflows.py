@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import traceback
@@ -34,10 +35,12 @@ from .errors import (
     EXIT_OK,
     EXIT_SOFTWARE,
     NoInputError,
+    NoMatchError,
     OutputError,
     UsageError,
     VBMPredictError,
 )
+from .parallel import FULL_SIZE_MODELS_GB, UNIT_MEMORY_GB, plan_resources, run_units
 from .participant import UnitOptions, UnitResult, process_unit
 from .types import DeviceName, PreprocBackend, PreprocName, T1wUnit
 
@@ -142,7 +145,7 @@ def resolve_models_dir(models: str | Path | None) -> Path:
     return path
 
 
-def _load_packages(models_dir: Path, device: str) -> list[Any]:
+def _load_packages(models_dir: Path, device: str, *, quiet: bool = False) -> list[Any]:
     """Every package in ``models_dir``, verified and loaded on ``device``; copies applied once."""
     from .models.package import find_packages, load_package, unique_packages
 
@@ -150,7 +153,7 @@ def _load_packages(models_dir: Path, device: str) -> list[Any]:
     if not found:
         raise NoInputError(f"no model package (a directory with model.json) in {models_dir}")
     packages = unique_packages([load_package(p, device=device) for p in found])
-    for p in packages:
+    for p in [] if quiet else packages:
         _log.info("model %s %s (%s, %d fold(s)) from %s", p.name, p.version, p.task, len(p.sha256), p.path)
         if p.trained_on_synthetic:
             _log.warning("model %s was trained on synthetic data only: its predictions mean nothing for real data",
@@ -311,6 +314,27 @@ def _as_domain_error(exc: Exception, what: str) -> VBMPredictError:
     return err
 
 
+def select_t1w(units: Sequence[T1wUnit], bids_dir: Path, t1w_files: Sequence[str | Path]) -> list[T1wUnit]:
+    """The units whose T1w is one of ``t1w_files`` (paths relative to ``bids_dir``, or absolute);
+    used by SLURM tasks that process one T1w each. A file that is not a selected T1w is refused."""
+    wanted = {(bids_dir / f).resolve() if not Path(f).is_absolute() else Path(f).resolve() for f in t1w_files}
+    chosen = [u for u in units if Path(u.path).resolve() in wanted]
+    missing = wanted - {Path(u.path).resolve() for u in chosen}
+    if missing:
+        raise NoMatchError(
+            "--t1w: not a T1w of the selected participants / sessions: " + ", ".join(sorted(map(str, missing)))
+        )
+    return chosen
+
+
+def unit_memory_gb(backend_name: str, packages: Sequence[Any]) -> float:
+    """Peak memory of one T1w (GB) for planning: the backend's measured figure, or the full-size
+    models' when any package holds full-size networks (more than 50 MB of weights)."""
+    figure = UNIT_MEMORY_GB.get(backend_name, max(UNIT_MEMORY_GB.values()))
+    weights = sum(Path(f).stat().st_size for p in packages for f in Path(p.path).glob("*.safetensors"))
+    return max(figure, FULL_SIZE_MODELS_GB) if weights > 50e6 else figure
+
+
 def run_participant_level(
     bids_dir: Path,
     output_dir: Path,
@@ -324,13 +348,20 @@ def run_participant_level(
     models: str | Path | None = None,
     device: DeviceName = "auto",
     ad_threshold: float = 0.5,
-    nprocs: int = 1,
+    nprocs: int | None = None,
+    omp_nthreads: int | None = None,
+    mem_gb: float | None = None,
+    t1w_files: Sequence[str | Path] = (),
     skip_validation: bool = False,
     dartel_template: Path | None = None,
     write_report: bool = True,
     explain: Any = None,
 ) -> RunSummary:
     """Process every selected T1w; failures are recorded per T1w and the others go on.
+
+    ``nprocs`` (CPUs of the whole run, default: all usable), ``omp_nthreads`` (threads of one T1w)
+    and ``mem_gb`` (memory budget) decide how many T1w run at once (:mod:`bids_app.parallel`);
+    ``t1w_files`` restricts the run to those T1w files (relative to ``bids_dir``).
 
     Raises :class:`~bids_app.errors.VBMPredictError` subclasses for problems that stop the whole
     run (bad arguments, invalid dataset, no match, colliding output names, no models, unusable
@@ -342,8 +373,8 @@ def run_participant_level(
         return _run_participant_level(
             bids_dir, output_dir, participant_labels=participant_labels, session_labels=session_labels,
             bids_filters=bids_filters, work_dir=work_dir, preproc=preproc, derivatives_dir=derivatives_dir,
-            models=models, device=device, ad_threshold=ad_threshold, nprocs=nprocs,
-            skip_validation=skip_validation, dartel_template=dartel_template, write_report=write_report,
+            models=models, device=device, ad_threshold=ad_threshold, nprocs=nprocs, omp_nthreads=omp_nthreads,
+            mem_gb=mem_gb, t1w_files=t1w_files, skip_validation=skip_validation, dartel_template=dartel_template, write_report=write_report,
             explain=explain,
         )
     except VBMPredictError:
@@ -366,7 +397,10 @@ def _run_participant_level(
     models: str | Path | None,
     device: str,
     ad_threshold: float,
-    nprocs: int,
+    nprocs: int | None,
+    omp_nthreads: int | None,
+    mem_gb: float | None,
+    t1w_files: Sequence[str | Path],
     skip_validation: bool,
     dartel_template: Path | None,
     write_report: bool,
@@ -374,13 +408,16 @@ def _run_participant_level(
 ) -> RunSummary:
     from .discovery import discover_units
     from .models.device import resolve_device
-    from .preproc import get_backend
+    from .preproc import get_backend, resolve_backend_name
 
     # 1. every check that needs no reading of the data, before anything is written
     if not 0.0 < ad_threshold < 1.0:
         raise UsageError(f"--ad-threshold must lie strictly between 0 and 1; got {ad_threshold}")
-    if nprocs < 1:
-        raise UsageError(f"--nprocs must be at least 1; got {nprocs}")
+    for name, value in (("--nprocs", nprocs), ("--omp-nthreads", omp_nthreads)):
+        if value is not None and value < 1:
+            raise UsageError(f"{name} must be at least 1; got {value}")
+    if mem_gb is not None and not mem_gb > 0:
+        raise UsageError(f"--mem-gb must be positive; got {mem_gb}")
     bids_dir = Path(bids_dir).resolve()
     output_dir = Path(output_dir).absolute()
     work_dir = Path(work_dir).absolute() if work_dir else default_work_dir(output_dir)
@@ -396,8 +433,16 @@ def _run_participant_level(
         validate_dataset(bids_dir)
     units = discover_units(bids_dir, participant_labels=participant_labels, session_labels=session_labels,
                            bids_filters=bids_filters)
-    packages = _load_packages(resolve_models_dir(models), run_device)
-    backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=nprocs, dartel_template=dartel_template)
+    if t1w_files:
+        units = select_t1w(units, bids_dir, t1w_files)
+    models_dir = resolve_models_dir(models)
+    packages = _load_packages(models_dir, run_device)
+    backend_name = resolve_backend_name(preproc, derivatives_dir=derivatives_dir)
+    plan = plan_resources(len(units), nprocs=nprocs, omp_nthreads=omp_nthreads, mem_gb=mem_gb,
+                          unit_mem_gb=unit_memory_gb(backend_name, packages),
+                          prefer_threads=backend_name == "derivatives")
+    backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
+                          dartel_template=dartel_template)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())
     for warning in check_output_dataset(output_dir, bids_dir):
         _log.warning("%s", warning)
@@ -414,11 +459,46 @@ def _run_participant_level(
     options = UnitOptions(bids_dir=bids_dir, output_dir=output_dir, work_dir=work_dir,
                           ad_threshold=ad_threshold, device=run_device, write_report=write_report,
                           explain=_explain_options(explain))
-    summary = RunSummary(output_dir=output_dir)
-    for i, unit in enumerate(units, start=1):
-        _log.info("[%d/%d] %s (%d left after this one)", i, len(units), unit.prefix, len(units) - i)
-        summary.results.append(run_unit(unit, backend, packages, replace(options)))
-    return summary
+    context: _UnitContext | None = _UnitContext(backend=backend, packages=tuple(packages), options=options)
+    setup = functools.partial(_worker_context, preproc=backend.name, derivatives_dir=derivatives_dir,
+                              dartel_template=dartel_template, models_dir=models_dir, device=run_device,
+                              omp_nthreads=plan.omp_nthreads, options=options)
+    if plan.workers > 1:
+        del packages  # every worker loads its own copy; do not hold one here as well
+        context = None
+    results = run_units(units, _process_one, plan=plan, setup=setup, context=context,
+                        lost=functools.partial(_lost_unit, output_dir=output_dir), label=lambda u: u.prefix)
+    return RunSummary(output_dir=output_dir, results=list(results))
+
+
+@dataclass(frozen=True)
+class _UnitContext:
+    """What every T1w of a run shares: built once per process (the run's, or each worker's)."""
+
+    backend: Any
+    packages: tuple[Any, ...]
+    options: UnitOptions
+
+
+def _worker_context(*, preproc: str, derivatives_dir: Path | None, dartel_template: Path | None, models_dir: Path,
+                    device: str, omp_nthreads: int, options: UnitOptions) -> _UnitContext:
+    """A worker's context: the backend with its share of threads and its own model packages."""
+    from .preproc import get_backend
+
+    backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=omp_nthreads, dartel_template=dartel_template)
+    return _UnitContext(backend=backend, packages=tuple(_load_packages(models_dir, device, quiet=True)), options=options)
+
+
+def _process_one(unit: T1wUnit, context: _UnitContext) -> UnitResult:
+    """One T1w in this process (the run's or a worker's): :func:`run_unit`, which never raises."""
+    return run_unit(unit, context.backend, context.packages, replace(context.options))
+
+
+def _lost_unit(unit: T1wUnit, reason: str, *, output_dir: Path) -> UnitResult:
+    """The result and failure record of a T1w whose worker process died (no exception to record)."""
+    result = UnitResult(unit=unit, ok=False, step="worker process")
+    _record_failure(output_dir, result, RuntimeError(reason), log_path(output_dir, unit))
+    return result
 
 
 def _explain_options(explain: Any) -> Any:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_defaults_are_valid():
     args = build_parser().parse_args(["in", "out", "participant"])
     assert args.preproc == "auto" and args.device == "auto"
-    assert args.ad_threshold == 0.5 and args.nprocs == 1 and args.participant_label == []
+    assert args.ad_threshold == 0.5 and args.nprocs is None and args.participant_label == []
     assert args.models is None and args.work_dir is None and args.skip_bids_validation is False
 
 

@@ -33,7 +33,9 @@ import pytest
 from bids_app._io import write_json
 from bids_app.derivatives import PREDICTION_COLUMNS, failure_path, predictions_path
 from bids_app.errors import NoInputError
-from bids_app.group import EVALUATION_COLUMNS, GROUP_FIGURES, run_group_level
+from bids_app.evaluation import EVALUATION_COLUMNS
+from bids_app.group import run_group_level
+from bids_app.outputs import GROUP_FIGURES
 
 from .conftest import make_bids
 from .group_fixtures import init_output, make_unit, prediction_row, write_maps, write_unit
@@ -122,7 +124,8 @@ def test_failures_are_counted_stale_ones_ignored(cohort):
     assert failures == [("sub-08", "at load: corrupt gzip: sub-08_T1w.nii.gz")]
     text = summary.text()
     assert "9 T1w from 7 participants" in text and "1 T1w failed" in text and "corrupt gzip" in text
-    assert "ad test-ad: AUC 0.833" in text and "group_evaluation.tsv" in text and summary.exit_code == 0
+    assert "ad test-ad: AUC 0.833" in text and "group_evaluation.tsv" in text
+    assert summary.exit_code == 1  # the record of sub-08 carries no exit code: 1, "some T1w failed"
 
 
 def test_ad_evaluation_matches_hand_computation(cohort):
@@ -288,3 +291,56 @@ def test_only_failures_gives_empty_table_and_a_report_listing_them(tmp_path):
     text = summary.report_path.read_text()
     assert summary.failures[0].reason == "at load: InputDataError: 4D image: sub-01_ses-1_T1w.nii.gz"
     assert "at load: InputDataError: 4D image: sub-01_ses-1_T1w.nii.gz" in text and "not evaluated" in text
+
+
+def test_unusable_tables_are_reported_and_set_the_exit_code(tmp_path):
+    bids, out = build_cohort(tmp_path)
+    header_only = predictions_path(out, make_unit(bids, "05"))
+    header_only.write_text("\t".join(PREDICTION_COLUMNS) + "\n")  # e.g. a run killed after the header
+    garbled = predictions_path(out, make_unit(bids, "07"))
+    garbled.write_text("participant_id\tscore\nsub-07\t0.5\n")  # lacks target and model_name
+    write_json(failure_path(out, make_unit(bids, "08")), {"step": "load", "message": "4D image", "exit_code": 65})
+    summary = run_group_level(bids, out)
+    assert [(p.participant_id, p.reason) for p in summary.problems] == [
+        ("sub-05", "holds only its header: no prediction rows"),
+        ("sub-07", "cannot be read as a predictions table (lacks the columns ['target', 'model_name'])"),
+    ]
+    assert summary.exit_code == 65  # every incomplete T1w has the code of bad input data
+    assert "sub-05" not in set(summary.predictions["participant_id"]) and summary.n_participants == 5
+    text = summary.text()
+    assert "not used: sub-05/anat/sub-05_predictions.tsv: holds only its header" in text
+    report = summary.report_path.read_text()
+    assert "Predictions tables not used" in report and "sub-07_predictions.tsv" in report
+
+
+def test_a_failed_run_removes_nothing(tmp_path, monkeypatch):
+    """An evaluation that a new run would no longer write stays until that run has succeeded."""
+    import bids_app.report
+
+    bids, out = build_cohort(tmp_path)
+    run_group_level(bids, out)
+    before = {p.name: p.read_bytes() for p in out.glob("group_*")}
+    (bids / "participants.tsv").write_text("participant_id\tage\nsub-01\t71\n")  # no labels any more
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(bids_app.report, "write_group_report", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run_group_level(bids, out)
+    assert (out / "group_evaluation.tsv").read_bytes() == before["group_evaluation.tsv"]
+    assert all((out / name).exists() for name in GROUP_FIGURES.values())
+    monkeypatch.undo()
+    run_group_level(bids, out)  # now it succeeds: the stale evaluation and figures go
+    assert not (out / "group_evaluation.tsv").exists()
+    assert not any((out / name).exists() for name in GROUP_FIGURES.values())
+
+
+def test_long_tables_are_summarised_in_the_report(tmp_path, monkeypatch):
+    import bids_app.report.group_report as group_report
+
+    bids, out = build_cohort(tmp_path)
+    monkeypatch.setattr(group_report, "MAX_LISTED_ROWS", 4)
+    text = run_group_level(bids, out).report_path.read_text()
+    assert "18 predictions: summarised per model" in text and "score 5 / 25 / 50 / 75 / 95%" in text
+    assert text.count("<tr>") < 40  # no row per prediction

@@ -36,6 +36,7 @@ SUBCOMMANDS = {
     "train": "bids_app.cli.train_cmd",
     "finetune": "bids_app.cli.train_cmd",
     "demo": "bids_app.cli.demo_cmd",
+    "slurm": "bids_app.cli.slurm_cmd",
 }
 
 _log = logging.getLogger("bids_app")
@@ -152,6 +153,9 @@ def _run_bids_app(argv: Sequence[str]) -> int:
             device=args.device,
             ad_threshold=args.ad_threshold,
             nprocs=args.nprocs,
+            omp_nthreads=args.omp_nthreads,
+            mem_gb=args.mem_gb,
+            t1w_files=args.t1w,
             skip_validation=args.skip_bids_validation,
             dartel_template=args.dartel_template,
             write_report=args.reports,

@@ -43,6 +43,8 @@ def device_name(value: str) -> str:
     if name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit()):
         return name
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N; got {value!r}")
+
+
 def _positive_mm(value: str) -> float:
     try:
         mm = float(value)
@@ -65,6 +67,16 @@ def explain_options(args: argparse.Namespace) -> Any:
         batch_size=args.occlusion_batch, gradcam_layer=args.gradcam_layer, percentile=args.gradcam_percentile,
         sd_k=args.gradcam_sd_k,
     )
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number; got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {x}")
+    return x
 
 
 def positive_int(value: str) -> int:
@@ -111,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "VBM grey-matter maps and sex / Alzheimer's disease predictions from T1w MRI "
             "(BIDS App). Research use only. Other commands: vbm-predict {models,simulate,train,"
-            "finetune,demo} --help"
+            "finetune,demo,slurm} --help"
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -179,7 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("-w", "--work-dir", type=Path, default=None, metavar="DIR",
                      help="scratch directory (resumable; per-T1w scratch removed once its outputs are "
                           "written); default: <output_dir>/.work")
-    res.add_argument("--nprocs", "--n_cpus", "--nthreads", dest="nprocs", type=positive_int, default=1,
-                     help="CPU threads for preprocessing and inference")
+    res.add_argument("--nprocs", "--n_cpus", "--nthreads", "--n-cpus", dest="nprocs", type=positive_int, default=None,
+                     help="CPUs the whole run may use (default: all usable CPUs); up to nprocs / omp-nthreads "
+                          "T1w run at once")
+    res.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=positive_int, default=None,
+                     help="threads of one T1w (ANTs and torch); default: 1 when there are at least as many "
+                          "T1w as CPUs, else the CPUs shared out among the T1w")
+    res.add_argument("--mem-gb", "--mem_gb", "--mem", dest="mem_gb", type=_positive_float, default=None,
+                     help="memory budget in GB: a T1w is not started when it would exceed it (default: 90%% "
+                          "of the available memory)")
+    sel.add_argument("--t1w", dest="t1w", action="append", default=[], metavar="FILE",
+                     help="process only this T1w file (relative to bids_dir; repeatable); used by "
+                          "'vbm-predict slurm --per-t1w' tasks")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-v info, -vv debug)")
     return parser

@@ -64,11 +64,14 @@ _TASK_LABELS = {"sex": ("sex", "male", "female"), "ad": ("diagnosis", "AD", "CN"
 
 
 class FailureLike(Protocol):
-    """What the report needs of a failure record (:class:`bids_app.group.FailureRecord` has it)."""
+    """What the report needs of a failure record (:class:`bids_app.outputs.FailureRecord` has it)."""
 
-    path: Path
-    participant_id: str
-    reason: str
+    @property
+    def path(self) -> Path: ...
+    @property
+    def participant_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class GroupReportInputs:
     figures: Mapping[str, Path] = field(default_factory=dict)
     failures: Sequence[FailureLike] = ()
     labels: pd.DataFrame | None = None
+    #: predictions tables the group level could not use (anything with ``path``, ``participant_id``, ``reason``)
+    problems: Sequence[FailureLike] = ()
 
 
 def _truthy(series: pd.Series) -> pd.Series:
@@ -134,10 +139,8 @@ def _inputs_from_files(output_dir: Path) -> GroupReportInputs:
         evaluation = pd.read_csv(eval_path, sep="\t", na_values=["n/a"], keep_default_na=False,
                                  dtype={"model_version": "string"})
         descriptions = readers.read_json(eval_path.with_suffix(".json")) or {}
-    try:  # the readers of participant outputs live with the group level
-        from ..outputs import collect_failures  # type: ignore[attr-defined]
-    except ImportError:
-        from ..group import collect_failures
+    from ..outputs import collect_failures
+
     return GroupReportInputs(
         predictions=read_predictions(pred_path),
         evaluation=evaluation,
@@ -185,6 +188,19 @@ def _overview(pred: pd.DataFrame, images: pd.DataFrame, failures: Sequence[Failu
         "preprocessing": ", ".join(f"{b} ({n:,})" for b, n in backends.items()),
     }
     return html.section("Overview", html.key_value_table(items), anchor="overview")
+
+
+def _unused_tables(problems: Sequence[FailureLike]) -> str:
+    """Predictions tables the group level could not use (unreadable, wrong columns, header only)."""
+    rows = [{"participant": p.participant_id, "table": str(p.path), "problem": p.reason} for p in problems[:MAX_LISTED]]
+    more = len(problems) - len(rows)
+    note = html.notice(
+        f"{len(problems):,} predictions table(s) could not be used and are left out of every figure and table"
+        + (f"; the first {MAX_LISTED} are listed" if more > 0 else "") + ".",
+        "warn",
+    )
+    return html.section("Predictions tables not used", note + html.table(rows, ["participant", "table", "problem"]),
+                        anchor="unused")
 
 
 def _evaluation(evaluation: pd.DataFrame | None, descriptions: Mapping[str, Any]) -> str:
@@ -488,6 +504,8 @@ def write_group_report(output_dir: Path, inputs: GroupReportInputs | None = None
     ]
     if explain_html:
         body.append(explain_html)
+    if inputs.problems:
+        body.append(_unused_tables(inputs.problems))
     body += [_qc(output_dir, images, inputs.failures), _methods(output_dir, pred, images, inputs, explain_sides),
              _provenance(pred, inputs)]
     anchors = [("overview", "Overview"), ("evaluation", "Evaluation"), ("figures", "Figures"), ("scores", "Scores")]
