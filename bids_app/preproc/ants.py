@@ -83,6 +83,9 @@ class AntsParams:
     #: structure the registration did not shrink is not filled in by the template's GM)
     prior_power: float = 1.0
     brain_mask_dilation_mm: float = 4.0
+    #: seed of the registrations' random metric sampling: the same T1w gives the same maps in every
+    #: run (sequential or in a process pool); None = a new draw each run
+    random_seed: int | None = 1
 
     def key(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()
@@ -119,6 +122,11 @@ class AntsBackend:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(int(self.nprocs), 1))
         if not self.available():
             raise BackendUnavailableError("the ants backend needs antspyx (pip install antspyx)")
+        import ants.config
+
+        # antspyx passes --random-seed to every registration when this is set; its public setter
+        # (set_ants_deterministic) would also force one ITK thread, which the thread plan decides here
+        ants.config._random_seed = self.params.random_seed
         work = Path(work_dir) / f"ants-{self.params.key()}"
         work.mkdir(parents=True, exist_ok=True)
         write_json(work / "params.json", asdict(self.params))
