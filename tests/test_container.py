@@ -132,14 +132,16 @@ def study(docker, tmp_path_factory):
     bids = simulate_dataset(root / "bids", participants=3, sites=1, seed=7, nprocs=2)
     os.chmod(root, 0o755)
     data = _writable(root / "data")
+    out = _writable(data / "out")
     before = tree_snapshot(bids)
-    mounts = [(bids, "/bids", "ro"), (data, "/data", "rw")]
+    # only the output dir is mounted: the default work dir (<output_dir>/.work) must live inside it
+    mounts = [(bids, "/bids", "ro"), (out, "/out", "rw")]
     runs = {}
     runs["ants"] = _app(
         docker,
         [
             "/bids",
-            "/data/out",
+            "/out",
             "participant",
             "--participant-label",
             "001",
@@ -157,7 +159,7 @@ def study(docker, tmp_path_factory):
         docker,
         [
             "/bids",
-            "/data/out",
+            "/out",
             "participant",
             "--participant-label",
             "002",
@@ -174,8 +176,8 @@ def study(docker, tmp_path_factory):
     )
     diff = docker("diff", name, timeout=60)
     docker("rm", "-f", name, timeout=60)
-    runs["group"] = _app(docker, ["/bids", "/data/out", "group"], mounts=mounts)
-    return {"bids": bids, "out": data / "out", "runs": runs, "diff": diff, "before": before, "data": data}
+    runs["group"] = _app(docker, ["/bids", "/out", "group"], mounts=mounts)
+    return {"bids": bids, "out": out, "runs": runs, "diff": diff, "before": before, "data": data}
 
 
 def _show(res: subprocess.CompletedProcess) -> str:
@@ -220,10 +222,10 @@ def test_output_file_list_is_the_checked_in_list(study):
 
 def test_nothing_written_outside_the_output_and_work_dirs(study):
     assert study["diff"].returncode == 0, study["diff"].stderr
-    # the mount points themselves (/bids, /data, /tmp) are made by the engine, not written by the app
-    changes = [line for line in study["diff"].stdout.splitlines() if line.split()[-1] not in ("/bids", "/data", "/tmp")]
+    # the mount points themselves (/bids, /out, /tmp) are made by the engine, not written by the app
+    changes = [line for line in study["diff"].stdout.splitlines() if line.split()[-1] not in ("/bids", "/out", "/tmp")]
     assert changes == [], "the container changed its file system:\n" + "\n".join(changes)
-    outside = [p.name for p in study["data"].iterdir() if p.name not in ("out", ".out-work")]
+    outside = [p.name for p in study["data"].iterdir() if p.name != "out"]
     assert outside == [], f"written next to the output dir: {outside}"
 
 
