@@ -14,7 +14,14 @@ from bids_app.models import load_package
 from bids_app.models.device import resolve_device
 from bids_app.models.package import unique_packages
 
-from .conftest import make_bids, make_tiny_package
+from .conftest import make_bids
+from .models_fixtures import make_package
+
+
+def make_tiny_package(out, task, *, seed=0, synthetic=True):
+    """A one-fold, narrow package named ``test-<task>`` (real weights, the app's own writer)."""
+    return make_package(out, task, n_folds=1, seed=seed, name=f"test-{task}", synthetic=synthetic,
+                        width=0.0625, blocks=[1, 1, 1])
 
 
 def test_edited_card_is_refused(tmp_path):
