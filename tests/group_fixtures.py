@@ -74,6 +74,8 @@ def prediction_row(
         "qc_gmv_template_correlation": 0.82 if qc_pass else 0.41,
         "preproc_backend": "clinica" if validated else "ants",
         "preproc_backend_version": "clinica 0.12.0; SPM25 25.01.02" if validated else "antspyx 0.5",
+        "inference_engine": "torch-fused 2.13.0+cpu fp32",
+        "model_input_mask": "derived",
         "validated_input": validated,
         "warnings": None if validated else "preprocessing differs from the model's training (ants)",
         "notice": RESEARCH_USE_NOTICE,

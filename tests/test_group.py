@@ -336,11 +336,17 @@ def test_a_failed_run_removes_nothing(tmp_path, monkeypatch):
     assert not any((out / name).exists() for name in GROUP_FIGURES.values())
 
 
-def test_long_tables_are_summarised_in_the_report(tmp_path, monkeypatch):
+def test_the_report_summarises_and_caps_its_lists(tmp_path, monkeypatch):
+    """No row per prediction (a biobank's 100,000 would make a page no browser can use); the list of
+    failed T1w is capped at MAX_LISTED with the full count."""
     import bids_app.report.group_report as group_report
 
     bids, out = build_cohort(tmp_path)
-    monkeypatch.setattr(group_report, "MAX_LISTED_ROWS", 4)
+    for sub in ("09", "10"):  # two more failures: three in all, more than the cap below
+        write_json(failure_path(out, make_unit(bids, sub)), {"reason": f"corrupt gzip: sub-{sub}", "step": "load"})
+    monkeypatch.setattr(group_report, "MAX_LISTED", 1)
     text = run_group_level(bids, out).report_path.read_text()
-    assert "18 predictions: summarised per model" in text and "score 5 / 25 / 50 / 75 / 95%" in text
-    assert text.count("<tr>") < 40  # no row per prediction
+    sources = [f"sub-{sub}_T1w" for sub, ses, run, *_ in IMAGES if ses is None and run is None]
+    assert not any(s in text for s in sources)  # QC-passed predictions are summarised, never listed
+    assert "3 failure records; the first 1 are listed." in text
+    assert text.count('_failure.json">') == 1  # one linked record; the reasons table still counts all three
