@@ -61,6 +61,10 @@ def _input(action: argparse.Action) -> dict[str, Any]:
         entry.update(type="Number", integer=True, minimum=1)
     elif getattr(action.type, "__name__", "") == "_threshold":
         entry.update(type="Number", minimum=0, maximum=1, **{"exclusive-minimum": True, "exclusive-maximum": True})
+    elif getattr(action.type, "__name__", "") in ("_positive_mm", "_positive_float"):
+        entry.update(type="Number", minimum=0, **{"exclusive-minimum": True})
+    elif action.type is float:
+        entry["type"] = "Number"
     elif action.dest == "output_dir":
         entry["type"] = "String"  # created by the app; Boutiques File inputs must exist
     elif action.dest in ("bids_dir", "derivatives", "dartel_template"):

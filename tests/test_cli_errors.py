@@ -46,13 +46,14 @@ def _one_error_line(err: str) -> str:
 
 USAGE_CASES = {
     "participant preproc": (["in", "out", "participant", "--preproc", "spm"], "invalid choice: 'spm'"),
-    "participant device": (["in", "out", "participant", "--device", "tpu"], "invalid choice: 'tpu'"),
+    "participant device": (["in", "out", "participant", "--device", "tpu"], "cuda or cuda:N; got 'tpu'"),
     "participant nprocs": (["in", "out", "participant", "--nprocs", "0"], "expected at least 1"),
     "participant threshold": (["in", "out", "participant", "--ad-threshold", "2"], "strictly between 0 and 1"),
     "group unknown option": (["in", "out", "group", "--bogus"], "unrecognized arguments: --bogus"),
     "models no command": (["models"], "the following arguments are required"),
     "models import task": (["models", "import-keras", "a.h5", "--task", "age", "--out", "o"], "invalid choice: 'age'"),
-    "models score device": (["models", "score", "p", "--input", "x.npy", "--device", "tpu"], "invalid choice: 'tpu'"),
+    "models score device": (["models", "score", "p", "--input", "x.npy", "--device", "tpu"],
+                            "cuda or cuda:N; got 'tpu'"),
     "models score precision": (["models", "score", "p", "--input", "x.npy", "--precision", "int4"],
                                "invalid choice: 'int4'"),
     "models score batch": (["models", "score", "p", "--input", "x.npy", "--batch-size", "0"], "expected at least 1"),
