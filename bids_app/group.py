@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .derivatives import PREDICTION_COLUMNS, column_sidecar, write_table
+from .derivatives import PREDICTION_COLUMNS, write_table
 from .errors import EXIT_FAILURE, EXIT_OK, NoInputError
 from .evaluation import EVALUATION_COLUMNS, TASK_CLASSES, evaluate, model_threshold, participant_scores
 from .labels import ParticipantLabels, read_participant_labels
@@ -218,17 +218,9 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
     figure_paths = [figure_io.save_png(fig, output_dir / GROUP_FIGURES[key]) for key, fig in made.items()]
     report_path = None
     if report:
-        from .report import GroupReportInputs, write_group_report
+        from .report import write_group_report
 
-        report_path = write_group_report(output_dir, GroupReportInputs(
-            predictions=predictions,
-            evaluation=evaluation,
-            evaluation_descriptions=column_sidecar(list(EVALUATION_COLUMNS), EVALUATION_COLUMNS) if evaluation is not None else {},
-            figures={k: output_dir / GROUP_FIGURES[k] for k in made},
-            failures=failures,
-            labels=labels.table,
-            problems=found.problems,
-        ))
+        report_path = write_group_report(output_dir, problems=found.problems)  # reads the files just written
     _remove_stale(output_dir, keep={pred_path, *([eval_path] if eval_path else []), *figure_paths})
     summary = GroupSummary(
         output_dir=output_dir,

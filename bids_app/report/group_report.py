@@ -15,6 +15,7 @@ sample), and say so.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -386,7 +387,7 @@ def _mean_explanations(
         column, positive, negative = _TASK_LABELS.get(task, ("", "", ""))
         if labels is not None and column in labels:
             truth = labels[column].reindex(task_rows["participant_id"]).to_numpy(dtype=object)
-            classes = np.array([str(v) if v in (positive, negative) else "" for v in truth], dtype=object)
+            classes = np.array([v if isinstance(v, str) and v in (positive, negative) else "" for v in truth], dtype=object)
             by = "true label (participants.tsv)"
         else:
             classes = task_rows["predicted_label"].astype("string").fillna("").to_numpy(dtype=object)
@@ -484,14 +485,17 @@ def _provenance(pred: pd.DataFrame, inputs: GroupReportInputs) -> str:
     )
 
 
-def write_group_report(output_dir: Path, inputs: GroupReportInputs | None = None) -> Path:
+def write_group_report(output_dir: Path, inputs: GroupReportInputs | None = None, *,
+                       problems: Sequence[FailureLike] = ()) -> Path:
     """Write ``output_dir/group_report.html`` and return its path.
 
     ``inputs`` is what the group level computed; None reads the group files in ``output_dir``
-    (raises :class:`~bids_app.errors.NoInputError` when ``group_predictions.tsv`` is missing).
+    (raises :class:`~bids_app.errors.NoInputError` when ``group_predictions.tsv`` is missing), with
+    ``problems`` (predictions tables the group level could not use) listed.
     """
     output_dir = Path(output_dir)
-    inputs = inputs if inputs is not None else _inputs_from_files(output_dir)
+    if inputs is None:
+        inputs = dataclasses.replace(_inputs_from_files(output_dir), problems=tuple(problems))
     pred = inputs.predictions
     images = _images(pred)
     explain_html, explain_sides = _mean_explanations(output_dir, pred, inputs.labels)
