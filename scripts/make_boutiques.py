@@ -61,7 +61,7 @@ def _input(action: argparse.Action) -> dict[str, Any]:
         entry.update(type="Number", integer=True, minimum=1)
     elif getattr(action.type, "__name__", "") == "_threshold":
         entry.update(type="Number", minimum=0, maximum=1, **{"exclusive-minimum": True, "exclusive-maximum": True})
-    elif getattr(action.type, "__name__", "") in ("_positive_mm", "_positive_float"):
+    elif getattr(action.type, "__name__", "") in ("_positive_mm", "positive_float"):
         entry.update(type="Number", minimum=0, **{"exclusive-minimum": True})
     elif action.type is float:
         entry["type"] = "Number"

@@ -69,16 +69,6 @@ def explain_options(args: argparse.Namespace) -> Any:
     )
 
 
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number; got {value!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {x}")
-    return x
-
-
 def positive_int(value: str) -> int:
     try:
         n = int(value)
@@ -197,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--omp-nthreads", "--omp_nthreads", dest="omp_nthreads", type=positive_int, default=None,
                      help="threads of one T1w (ANTs and torch); default: 1 when there are at least as many "
                           "T1w as CPUs, else the CPUs shared out among the T1w")
-    res.add_argument("--mem-gb", "--mem_gb", "--mem", dest="mem_gb", type=_positive_float, default=None,
+    res.add_argument("--mem-gb", "--mem_gb", "--mem", dest="mem_gb", type=positive_float, default=None,
                      help="memory budget in GB: a T1w is not started when it would exceed it (default: 90%% "
                           "of the available memory)")
     sel.add_argument("--t1w", dest="t1w", action="append", default=[], metavar="FILE",
