@@ -50,7 +50,7 @@ RUN if [ -f /opt/vbm-build/pip.conf ]; then export PIP_CONFIG_FILE=/opt/vbm-buil
 COPY pyproject.toml README.md run.py /opt/vbm-predict/
 COPY bids_app/__init__.py /opt/vbm-predict/bids_app/__init__.py
 RUN if [ -f /opt/vbm-build/pip.conf ]; then export PIP_CONFIG_FILE=/opt/vbm-build/pip.conf; fi \
- && /opt/venv/bin/pip install /opt/vbm-predict
+ && /opt/venv/bin/pip install "/opt/vbm-predict[engines]"
 COPY bids_app /opt/vbm-predict/bids_app
 RUN if [ -f /opt/vbm-build/pip.conf ]; then export PIP_CONFIG_FILE=/opt/vbm-build/pip.conf; fi \
  && /opt/venv/bin/pip install --no-deps --force-reinstall /opt/vbm-predict \
