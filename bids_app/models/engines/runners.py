@@ -147,7 +147,12 @@ def _openvino_runner(net: nn.Module, precision: str, threads: int | None, onnx_p
 
     def run(x: np.ndarray) -> np.ndarray:
         out = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        return np.asarray(next(iter(out.values())), dtype=np.float32).reshape(-1)
+        logits = np.array(next(iter(out.values())), dtype=np.float32).reshape(-1)  # a copy: buffers go next
+        # A compiled model keeps its activation buffers (about 0.65 GB for a full-size AD fold) after a
+        # pass; six folds kept that way reached 5.8 GB per participant (bench/inference.py, issue 16's
+        # bound is 3 GB). Releasing them after each pass keeps one network's activations at a time.
+        compiled.release_memory()
+        return logits
 
     return Runner("openvino", precision, "cpu", run)
 
@@ -160,6 +165,10 @@ def _onnxruntime_runner(net: nn.Module, threads: int | None, onnx_path: Path | N
         onnx_path, tmp = _export_tmp(net)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    # No arena kept between passes: with it, each session held its activation memory (six full-size folds
+    # reached 10.3 GB per participant in bench/inference.py; without it one network's activations at a time).
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
     sess = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     if tmp is not None:
         tmp.cleanup()
