@@ -38,9 +38,9 @@ def pytest_configure(config: pytest.Config) -> None:
 #    fixture (two ANTs registrations of Colin27, a simulated cohort, an app run, a SLURM cluster, ...):
 #    left to themselves such tests alternate between the workers and each worker computes it again.
 # 2. The longest groups and tests are queued first (longest processing time first), so no long group
-#    starts last while the other worker sits idle. The figures are seconds measured on a 2-core machine
-#    (README, "CI time"); only their order matters; what is not listed keeps its collection order after
-#    what is listed.
+#    starts last while the other worker sits idle. The figures are estimated seconds on the 2-core CI
+#    machine (README, "CI time"): only their order matters; refresh them from a clean CI run's
+#    `--durations` list. What is not listed keeps its collection order, after what is listed.
 LONG_GROUPS: dict[str, float] = {  # group (a module's shared-fixture group, or an xdist_group mark) -> s
     "container": 900,
     "test_fidelity_real": 700,
@@ -71,6 +71,8 @@ def _uses_a_module_fixture(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns xdist_group marks into node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return  # one process: collection order (quick unit tests of a module before its slow ones)
     cost: dict[str, float] = {}
     for item in items:
         module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
