@@ -16,10 +16,17 @@ if [ "$(id -u)" != 0 ]; then echo ".ci/packages.sh: must run as root to install 
 t0=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
 lock=(-o DPkg::Lock::Timeout=900)  # another installer may hold the dpkg lock for a while
-# policy-rc.d: the packages' init scripts must not start daemons (munged, slurmd, dockerd: the tests
-# and .ci/container.sh start their own, by PID)
+# policy-rc.d: munge's and slurm's init scripts must not start daemons (tests/test_slurm.py starts its
+# own, by PID), as .ci/slurm.sh does; docker's init script still runs, as it did when .ci/container.sh
+# installed docker.io on its own: on a machine without systemd it is what mounts the cgroup hierarchies
+# that the engine .ci/container.sh starts needs to run containers.
 if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  cat > /usr/sbin/policy-rc.d <<'POLICY'
+#!/bin/sh
+while [ "${1#-}" != "$1" ]; do shift; done   # options (--quiet, --list) come before the script name
+case "$1" in docker) exit 0 ;; *) exit 101 ;; esac
+POLICY
+  chmod +x /usr/sbin/policy-rc.d
   trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 fi
 apt-get "${lock[@]}" update -qq
