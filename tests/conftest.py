@@ -33,57 +33,40 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # ------------------------------------------------------------------ scheduling under pytest-xdist
-# CI runs `pytest -n 2 --dist loadgroup --no-loadscope-reorder`. Two rules keep its wall time down:
-# 1. A module's tests that use a module-scoped fixture form one xdist group, so ONE worker computes the
-#    fixture (two ANTs registrations of Colin27, a simulated cohort, an app run, a SLURM cluster, ...):
-#    left to themselves such tests alternate between the workers and each worker computes it again.
-# 2. The longest groups and tests are queued first (longest processing time first), so no long group
-#    starts last while the other worker sits idle. The figures are estimated seconds on the 2-core CI
-#    machine (README, "CI time"): only their order matters; refresh them from a clean CI run's
-#    `--durations` list. What is not listed keeps its collection order, after what is listed.
-LONG_GROUPS: dict[str, float] = {  # group (a module's shared-fixture group, or an xdist_group mark) -> s
-    "container": 900,
+# CI runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`. --dist loadfile keeps each module on one
+# worker, so a module-scoped fixture (two ANTs registrations of Colin27, a simulated cohort, an app run,
+# the container study, a SLURM cluster) is computed once, not once per worker as when its tests
+# alternate between the workers. (xdist_group marks and --dist loadgroup do not group anything with
+# pytest 9.2 and xdist 3.8: xdist rewrites `item._nodeid`, which pytest 9.2 no longer reads.)
+# The queue is longest module first (longest processing time first), so no long module starts last
+# while the other worker sits idle: `--no-loadscope-reorder` keeps this order (xdist would sort modules
+# by their number of tests). The figures are estimated seconds on the 2-core CI machine (README,
+# "CI time"): only their order matters; refresh them from a clean CI run's `--durations` list. A module
+# not listed keeps its collection order, after the listed ones.
+LONG_MODULES: dict[str, float] = {
+    "test_container": 900,
+    "test_preproc_ants": 700,
     "test_fidelity_real": 700,
-    "test_preproc_ants": 420,
+    "test_models_keras_import": 650,
+    "test_synth": 400,
     "test_train_pipeline": 300,
-    "test_synth": 300,
     "test_slurm": 200,
-    "test_models_keras_import": 120,
-}
-LONG_TESTS: dict[str, float] = {  # "module::test function" (all its parameters) -> seconds
-    "test_models_keras_import::test_full_size_ad_ensemble_in_keras_224_layout_matches_tf_keras": 300,
-    "test_preproc_ants::test_real_colin27_head": 300,
-    "test_models_keras_import::test_full_size_sex_network_matches_tf_keras": 150,
-    "test_models_keras_import::test_full_size_2021_simplified_ad_network_matches_tf_keras": 90,
-    "test_explain_occlusion::test_full_size_networks": 90,
-    "test_models_cli::test_convert_weights_script_builds_both_packages": 60,
-    "test_synth::test_same_seed_same_dataset": 60,
-    "test_reliability_inputs::test_simulated_head_passes": 60,
-    "test_reliability_names::test_t1w_differing_in_echo_part_chunk_task_get_distinct_valid_outputs": 40,
+    "test_explain_occlusion": 150,
+    "test_models_cli": 90,
+    "test_reliability_inputs": 80,
+    "test_reliability_names": 60,
 }
 
 
-def _uses_a_module_fixture(item: pytest.Item) -> bool:
-    info = getattr(item, "_fixtureinfo", None)
-    defs = getattr(info, "name2fixturedefs", {}) if info is not None else {}
-    return any(d.scope == "module" for ds in defs.values() for d in ds)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns xdist_group marks into node ids
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    if not hasattr(config, "workerinput"):  # set in xdist workers only (not inherited by a pytest subprocess)
         return  # one process: collection order (quick unit tests of a module before its slow ones)
-    cost: dict[str, float] = {}
-    for item in items:
-        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-        groups = [str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                  for m in item.iter_markers("xdist_group")]
-        if not groups and _uses_a_module_fixture(item):
-            groups = [module]
-            item.add_marker(pytest.mark.xdist_group(module))
-        test = f"{module}::{getattr(item, 'originalname', item.name)}"
-        cost[item.nodeid] = max([LONG_GROUPS.get(g, 0.0) for g in groups] + [LONG_TESTS.get(test, 0.0)])
-    items.sort(key=lambda it: -cost[it.nodeid])  # stable: equal costs keep the collection order
+
+    def cost(item: pytest.Item) -> float:
+        return LONG_MODULES.get(item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py"), 0.0)
+
+    items.sort(key=lambda it: -cost(it))  # stable: a module's tests stay in their order
 
 
 def _skip_reason(longrepr: object) -> str:
