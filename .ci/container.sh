@@ -2,7 +2,9 @@
 # CI: a Docker engine of our own, a locally made Debian base image, and the app's image built on it.
 #
 #   .ci/container.sh start    install docker.io + debootstrap, start dockerd, build vbm-predict:ci
-#   .ci/container.sh stop     stop that dockerd (by PID) and unmount what it left behind
+#   .ci/container.sh start-bg `start` in the background (own process group, log in $STATE/start.log);
+#                             when it ends it writes $STATE/image.status: "ok" or "failed (exit N)"
+#   .ci/container.sh stop     stop a background start and that dockerd (by PID), unmount what they left
 #   .ci/container.sh env      print the variables the container tests read (eval "$(... env)")
 #
 # Why it looks like this: CI machines reach only the PyPI, Debian and npm registries (no Docker Hub),
@@ -14,11 +16,14 @@
 # build). The flavour built is the one CI can build offline: ANTs backend only, demo models only.
 # Timings of each step are printed ("[container] ... s") so the CI log shows where time goes.
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
 
 STATE=${VBM_CI_DOCKER_STATE:-/tmp/vbm-predict-ci-docker}
 SOCK="$STATE/docker.sock"
 PIDFILE="$STATE/dockerd.pid"
+STATUS="$STATE/image.status"            # written by start-bg when the build ends; tests/test_container.py waits for it
+BG_PIDFILE="$STATE/start-bg.pid"
 BASE_IMAGE=${VBM_CI_BASE_IMAGE:-vbm-localbase:bookworm}
 IMAGE=${VBM_PREDICT_TEST_IMAGE:-vbm-predict:ci}
 CONTEXT_EXTRA=docker/context-extra      # git-ignored: host CA bundle + pip.conf for the build
@@ -103,7 +108,21 @@ build_image() {
       "size $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
 }
 
+stop_background() {
+  # a build still running when the run ends (e.g. install failed): its process group, by its PID
+  if [ -s "$BG_PIDFILE" ]; then
+    local pid; pid=$(cat "$BG_PIDFILE")
+    if kill -0 "$pid" 2>/dev/null; then
+      log "background start $pid still running; stopping its process group"
+      kill -- "-$pid" 2>/dev/null || kill "$pid"
+      for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    fi
+    rm -f "$BG_PIDFILE"
+  fi
+}
+
 stop_engine() {
+  stop_background
   if [ -s "$PIDFILE" ]; then
     local pid; pid=$(cat "$PIDFILE")
     if kill -0 "$pid" 2>/dev/null; then
@@ -125,14 +144,33 @@ stop_engine() {
 case "${1:-}" in
   start)
     t_all=$(date +%s)
+    mkdir -p "$STATE"
+    rm -f "$STATUS"
+    # when it ends, for whatever reason, the status file says so: tests/test_container.py waits for it
+    # (VBM_PREDICT_IMAGE_STATUS, from `env`) and fails with this text when it is not "ok"
+    # ("ok" only once every step ran: a start killed by a signal can exit with status 0)
+    built=0
+    trap 'rc=$?; { [ $built = 1 ] && echo ok || echo "failed (exit $rc)"; } >"$STATUS.tmp"; mv "$STATUS.tmp" "$STATUS"' EXIT
     install_tools
     start_engine
     make_base
     prepare_context
     build_image
+    built=1
     log "start total: $(elapsed "$t_all") s"
     ;;
+  start-bg)
+    # The build is mostly network and disk (debootstrap's downloads, pip inside the image), so it
+    # overlaps well with the venv installs, the linters and the tests that do not need it. setsid: its
+    # own process group (PGID = the PID written here), so `stop` ends the build's children too.
+    mkdir -p "$STATE"
+    rm -f "$STATUS" "$STATUS.tmp"
+    setsid "$SELF" start >"$STATE/start.log" 2>&1 </dev/null &
+    echo $! >"$BG_PIDFILE"
+    log "image build started in the background (pid $!, log $STATE/start.log, status $STATUS)"
+    ;;
   stop) stop_engine ;;
-  env) echo "export DOCKER_HOST=$DOCKER_HOST VBM_PREDICT_TEST_IMAGE=$IMAGE VBM_PREDICT_DOCKER=$DOCKER" ;;
-  *) echo "usage: $0 start|stop|env" >&2; exit 64 ;;
+  env) echo "export DOCKER_HOST=$DOCKER_HOST VBM_PREDICT_TEST_IMAGE=$IMAGE VBM_PREDICT_DOCKER=$DOCKER" \
+            "VBM_PREDICT_IMAGE_STATUS=$STATUS" ;;
+  *) echo "usage: $0 start|start-bg|stop|env" >&2; exit 64 ;;
 esac

@@ -32,6 +32,43 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+# ------------------------------------------------------------------ scheduling under pytest-xdist
+# CI runs `pytest -n 2 --dist loadfile --no-loadscope-reorder`. --dist loadfile keeps each module on one
+# worker, so a module-scoped fixture (two ANTs registrations of Colin27, a simulated cohort, an app run,
+# the container study, a SLURM cluster) is computed once, not once per worker as when its tests
+# alternate between the workers. (xdist_group marks and --dist loadgroup do not group anything with
+# pytest 9.2 and xdist 3.8: xdist rewrites `item._nodeid`, which pytest 9.2 no longer reads.)
+# The queue is longest module first (longest processing time first), so no long module starts last
+# while the other worker sits idle: `--no-loadscope-reorder` keeps this order (xdist would sort modules
+# by their number of tests). The figures are estimated seconds on the 2-core CI machine (README,
+# "CI time"): only their order matters; refresh them from a clean CI run's `--durations` list. A module
+# not listed keeps its collection order, after the listed ones.
+LONG_MODULES: dict[str, float] = {
+    "test_container": 900,
+    "test_preproc_ants": 700,
+    "test_fidelity_real": 700,
+    "test_models_keras_import": 650,
+    "test_synth": 400,
+    "test_train_pipeline": 300,
+    "test_slurm": 200,
+    "test_explain_occlusion": 150,
+    "test_models_cli": 90,
+    "test_reliability_inputs": 80,
+    "test_reliability_names": 60,
+}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):  # set in xdist workers only (not inherited by a pytest subprocess)
+        return  # one process: collection order (quick unit tests of a module before its slow ones)
+
+    def cost(item: pytest.Item) -> float:
+        return LONG_MODULES.get(item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py"), 0.0)
+
+    items.sort(key=lambda it: -cost(it))  # stable: a module's tests stay in their order
+
+
 def _skip_reason(longrepr: object) -> str:
     return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
 

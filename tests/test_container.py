@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -60,9 +61,37 @@ def _docker_bin() -> str | None:
     return None
 
 
+def _wait_for_the_image_build() -> None:
+    """``.ci/run`` builds the image in the background (``.ci/container.sh start-bg``) while the other
+    tests run; its status file appears when the build ends: "ok", or why it failed (a failure here)."""
+    status_file = os.environ.get("VBM_PREDICT_IMAGE_STATUS")
+    if not status_file:
+        return
+    status, log = Path(status_file), Path(status_file).with_name("start.log")
+    deadline = time.monotonic() + float(os.environ.get("VBM_PREDICT_IMAGE_WAIT_S", "3600"))
+    pid_file = status.with_name("start-bg.pid")
+    while not status.exists():
+        builder_alive = pid_file.is_file() and Path(f"/proc/{pid_file.read_text().strip()}").exists()
+        if not builder_alive and not status.exists():
+            if not pid_file.is_file():
+                return  # no background build in progress: the engine and image are checked below
+            pytest.fail(f"the background image build ended without writing {status}; its log:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the image build did not finish in time ({status} missing); its log:\n{_tail(log)}")
+        time.sleep(5)
+    text = status.read_text().strip()
+    if text != "ok":
+        pytest.fail(f"the image build {text}; the end of its log ({log}):\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else "(no log)"
+
+
 @pytest.fixture(scope="module")
 def docker():
-    """A function running the docker client against the test engine."""
+    """A function running the docker client against the test engine (after the image build, if one runs)."""
+    _wait_for_the_image_build()
     binary = _docker_bin()
     if binary is None:
         _unavailable("no docker client (apt-get install docker.io; .ci/container.sh start)")
