@@ -30,9 +30,14 @@ from .derivatives import (
     map_sidecar,
     prediction_rows,
     predictions_path,
+    remove_t1w_mni,
+    t1w_mni_path,
+    t1w_mni_sidecar,
+    t1w_mni_space,
     unit_output_names,
     write_map,
     write_predictions,
+    write_t1w_mni,
 )
 from .errors import InputDataError, NoInputError
 from .grid import MNI1MM_AFFINE, SPM_AFFINE, make_model_input, model_input_mask
@@ -141,12 +146,13 @@ def _why_stale(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _load_cache(cache: Path) -> GMMaps:
+def _load_cache(cache: Path, outputs: Sequence[str] = ()) -> GMMaps:
+    """The cached maps; of the extra maps only those in ``outputs`` (what this run asks for)."""
     import nibabel as nib
 
     meta = json.loads((cache / "maps.json").read_text())
     t1w_mni = None
-    if "t1w_mni" in meta.get("key", {}).get("outputs", []):
+    if "t1w_mni" in outputs:
         t1w_mni = np.asarray(nib.load(cache / _T1W_MNI_FILE).dataobj, dtype=np.float32)
     return GMMaps(
         gmd=np.asarray(nib.load(cache / "gmd.nii.gz").dataobj, dtype=np.float32),
@@ -184,7 +190,7 @@ def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path,
         reason = _why_stale(old, key) if old else "the cache was written by an older version without a key"
         if reason is None:
             try:
-                maps = _load_cache(cache)
+                maps = _load_cache(cache, key.get("outputs", ()))
                 _log.info("%s: reusing finished preprocessing from %s (same T1w, backend and parameters)",
                           unit.prefix, cache)
                 return maps
@@ -325,6 +331,13 @@ def process_unit(
                 stale.unlink(missing_ok=True)
         raise
     result.outputs.extend(written)
+    if maps.t1w_mni is not None:  # made only when a package reads it (input kind t1w_mni1mm)
+        path = t1w_mni_path(options.output_dir, unit, t1w_mni_space(maps))
+        result.outputs.append(write_t1w_mni(path, maps.t1w_mni, t1w_mni_sidecar(unit, options.bids_dir, maps,
+                                                                                  fingerprint)))
+        remove_t1w_mni(options.output_dir, unit, keep=path)
+    else:
+        remove_t1w_mni(options.output_dir, unit)
 
     result.step = "qc gate"
     if hard:

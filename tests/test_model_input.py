@@ -85,7 +85,7 @@ def test_gm_spm1_one_map_uncropped_channel_and_mask_from_the_spec(mni_gm_maps):
     np.testing.assert_array_equal(make_input("gm_spm1", maps, {}), gmv)
     with pytest.raises(ModelPackageError, match="one map"):
         make_input("gm_spm1", maps, {"channels": ["GMD", "GMV"]})
-    with pytest.raises(ModelPackageError, match="input.mask"):
+    with pytest.raises(ModelPackageError, match=r"input\.mask"):
         make_input("gm_spm1", maps, {"channels": ["GMV"], "mask": "grey"})
     with pytest.raises(InputDataError, match="SPM grid"):
         make_input("gm_spm1", _maps(np.zeros((91, 109, 91), np.float32)), {})
@@ -152,7 +152,7 @@ def test_a_kind_the_backend_cannot_make_is_refused_naming_package_kind_and_backe
                                          r"'clinica' preprocessing backend cannot make") as err:
         check_input_kinds([v1, sfcn], ClinicaBackend())
     assert err.value.exit_code == EXIT_USAGE and "irv2-sex" not in str(err.value)
-    with pytest.raises(UsageError, match="'derivatives' preprocessing backend.*_desc-preproc_T1w"):
+    with pytest.raises(UsageError, match=r"'derivatives' preprocessing backend.*_desc-preproc_T1w"):
         check_input_kinds([sfcn], DerivativesBackend(tmp_path))
 
 
@@ -189,8 +189,12 @@ class MNIBackend:
     provides = frozenset(INPUT_KINDS)
 
     def __init__(self, gmd: np.ndarray, t1: np.ndarray, make_t1w_mni: bool = False):
-        self._gmd, self._t1, self.make_t1w_mni, self.calls = gmd, t1, make_t1w_mni, 0
-        self.smoothing_mm = 0.0
+        self._gmd, self._t1, self.make_t1w_mni, self._calls = gmd, t1, make_t1w_mni, 0
+        self.smoothing_mm = 0.0  # a parameter: part of the cache key
+
+    @property
+    def calls(self) -> int:
+        return self._calls
 
     def available(self) -> bool:
         return True
@@ -199,7 +203,7 @@ class MNIBackend:
         return "1"
 
     def run(self, unit, work_dir):
-        self.calls += 1
+        self._calls += 1
         return GMMaps(gmd=self._gmd, gmv=self._gmd, backend=self.name, backend_version="1",
                       t1w_mni=self._t1 if self.make_t1w_mni else None)
 
@@ -229,8 +233,9 @@ def test_the_cache_is_not_reused_when_a_package_newly_needs_the_t1w_in_mni_space
     reloaded = cached_preprocessing(again, unit, work)  # the cache now holds it: reused
     assert again.calls == 0
     np.testing.assert_array_equal(reloaded.t1w_mni, t1)
-    fewer = MNIBackend(mni_gm_maps[0], t1)
-    assert cached_preprocessing(fewer, unit, work).t1w_mni is not None and fewer.calls == 0  # more than needed: fine
+    fewer = MNIBackend(mni_gm_maps[0], t1)  # the cache holds more than this run needs: reused, without the extra map
+    assert cached_preprocessing(fewer, unit, work).t1w_mni is None and fewer.calls == 0
+    assert (work / "maps" / "t1w_mni.nii.gz").exists()
 
     changed = MNIBackend(mni_gm_maps[0] * np.float32(0.5), t1)
     changed.smoothing_mm = 2.0  # another parameter, no T1w in MNI space asked: the old one must not stay
@@ -254,22 +259,22 @@ def test_derivatives_find_a_t1w_in_mni_1mm_space(tmp_path, mni_gm_maps, template
     # fMRIPrep's name on the template's own grid (197 x 233 x 189), and a res-1 file on the 1 mm grid: res-1 wins
     _write(anat / "sub-01_space-MNI152NLin2009cAsym_desc-preproc_T1w.nii.gz", np.asarray(mni152_t1().dataobj) * 2,
            mni152_t1().affine)
-    _write(anat / "sub-01_space-MNI152Lin_res-1_desc-preproc_T1w.nii.gz", template_t1_1mm, MNI1MM_AFFINE)
-    _write(anat / "sub-01_space-IXI549Space_desc-preproc_T1w.nii.gz", template_t1_1mm, MNI1MM_AFFINE)  # not MNI152
+    _write(anat / "sub-01_space-MNI152Lin_res-1_desc-preproc_T1w.nii", template_t1_1mm, MNI1MM_AFFINE)
+    _write(anat / "sub-01_space-IXI549Space_desc-preproc_T1w.nii", template_t1_1mm, MNI1MM_AFFINE)  # not MNI152
 
     assert "t1w_mni1mm" in backend_provides(DerivativesBackend(root))
     assert DerivativesBackend(root).run(T1wUnit(Path("t1.nii.gz"), {"sub": "01"}), tmp_path).t1w_mni is None
     maps = DerivativesBackend(root, make_t1w_mni=True).run(T1wUnit(Path("t1.nii.gz"), {"sub": "01"}), tmp_path)
     assert maps.t1w_mni is not None and maps.t1w_mni.shape == MNI1MM_SHAPE and maps.t1w_mni.dtype == np.float32
-    assert maps.provenance["T1wMNIFile"].endswith("sub-01_space-MNI152Lin_res-1_desc-preproc_T1w.nii.gz")
+    assert maps.provenance["T1wMNIFile"].endswith("sub-01_space-MNI152Lin_res-1_desc-preproc_T1w.nii")
     np.testing.assert_allclose(maps.t1w_mni, template_t1_1mm, atol=1e-3)
     assert make_input("t1w_mni1mm", maps, {}).shape == (1, 160, 192, 160)
 
     # without the res-1 file: the template-grid file, resampled onto the 1 mm grid
-    (anat / "sub-01_space-MNI152Lin_res-1_desc-preproc_T1w.nii.gz").unlink()
-    resampled = DerivativesBackend(root, make_t1w_mni=True).run(T1wUnit(Path("t1.nii.gz"), {"sub": "01"}), tmp_path)
-    brain = mni1mm_brain_mask()
-    assert np.corrcoef(resampled.t1w_mni[brain], template_t1_1mm[brain])[0, 1] > 0.99
+    (anat / "sub-01_space-MNI152Lin_res-1_desc-preproc_T1w.nii").unlink()
+    other_grid = DerivativesBackend(root, make_t1w_mni=True).run(T1wUnit(Path("t1.nii.gz"), {"sub": "01"}), tmp_path)
+    np.testing.assert_allclose(other_grid.t1w_mni, 2 * template_t1_1mm, rtol=1e-5, atol=1e-4)
+    assert other_grid.provenance["T1wMNISpace"] == "MNI152NLin2009cAsym"
     # another participant without one: a clear per-T1w error
     with pytest.raises(NoInputError, match="no T1w in MNI space for sub-02"):
         DerivativesBackend(root, make_t1w_mni=True).run(T1wUnit(Path("t1.nii.gz"), {"sub": "02"}), tmp_path)
@@ -277,18 +282,57 @@ def test_derivatives_find_a_t1w_in_mni_1mm_space(tmp_path, mni_gm_maps, template
 
 def test_derivatives_t1w_in_mni_space_must_be_skull_stripped_or_come_with_a_mask(tmp_path, mni_gm_maps,
                                                                                   template_t1_1mm):
-    from scipy import ndimage
-
     root = write_bids_derivatives(tmp_path / "deriv", mni_gm_maps[0], units=["sub-01"])
     anat = root / "sub-01" / "anat"
     brain = mni1mm_brain_mask()
-    shell = ndimage.binary_dilation(brain, iterations=14) & ~ndimage.binary_dilation(brain, iterations=9)
-    head = template_t1_1mm + np.float32(template_t1_1mm[brain].mean()) * shell  # a bright skull around the brain
-    name = "sub-01_space-MNI152NLin6Asym_res-1_desc-preproc_T1w.nii.gz"
+    i, j, k = np.ogrid[:182, :218, :182]
+    radius = np.sqrt(((i - 91) / 88) ** 2 + ((j - 112) / 106) ** 2 + ((k - 85) / 84) ** 2)
+    shell = (radius > 0.93) & (radius < 1.0)  # a bright skull around the brain, inside the field of view
+    assert not (shell & brain).any()
+    head = template_t1_1mm + np.float32(template_t1_1mm[brain].mean()) * shell
+    name = "sub-01_space-MNI152NLin6Asym_res-1_desc-preproc_T1w.nii"
     _write(anat / name, head, MNI1MM_AFFINE)
     unit = T1wUnit(Path("t1.nii.gz"), {"sub": "01"})
     with pytest.raises(InputDataError, match=f"{name}: .* not skull-stripped"):
         DerivativesBackend(root, make_t1w_mni=True).run(unit, tmp_path)
-    _write(anat / "sub-01_space-MNI152NLin6Asym_res-1_desc-brain_mask.nii.gz", brain.astype(np.float32), MNI1MM_AFFINE)
+    _write(anat / "sub-01_space-MNI152NLin6Asym_res-1_desc-brain_mask.nii", brain.astype(np.float32), MNI1MM_AFFINE)
     maps = DerivativesBackend(root, make_t1w_mni=True).run(unit, tmp_path)
-    assert not maps.t1w_mni[~brain].any() and maps.provenance["T1wMNIBrainMask"].endswith("desc-brain_mask.nii.gz")
+    assert not maps.t1w_mni[~brain].any() and maps.provenance["T1wMNIBrainMask"].endswith("desc-brain_mask.nii")
+
+
+def test_a_run_whose_package_reads_the_t1w_in_mni_space_writes_it_and_a_later_run_removes_it(
+        tmp_path, mni_gm_maps, template_t1_1mm, tiny_models, monkeypatch):
+    """The participant level asks the backend for the T1w in MNI space only when a package reads it, and
+    writes it as a BIDS derivative (the validator accepts it); a run whose packages do not read it
+    leaves no earlier one behind."""
+    import bids_app.workflows as workflows
+    from bids_app.validation import run_validator
+
+    bids = make_bids(tmp_path / "bids", ["sub-01"])
+    maps = write_bids_derivatives(tmp_path / "maps", mni_gm_maps[0], units=["sub-01"])
+    _write(maps / "sub-01" / "anat" / "sub-01_space-MNI152NLin6Asym_res-1_desc-preproc_T1w.nii.gz",
+           template_t1_1mm, MNI1MM_AFFINE)
+    out = tmp_path / "out"
+    args = [str(bids), str(out), "participant", "--skip-bids-validation", "--preproc", "derivatives",
+            "--derivatives", str(maps), "--models", str(tiny_models), "--no-reports"]
+    real_load = workflows._load_packages
+
+    def load_with_an_sfcn_card(*a, **k):
+        packages = real_load(*a, **k)
+        packages[0].card["input"] = {**packages[0].card["input"], "kind": "t1w_mni1mm"}
+        return packages
+
+    with monkeypatch.context() as m:
+        m.setattr(workflows, "_load_packages", load_with_an_sfcn_card)
+        assert main(args) == 0
+    written = out / "sub-01" / "anat" / "sub-01_space-MNI152NLin6Asym_res-1_desc-preproc_T1w.nii.gz"
+    img = nib.load(written)
+    assert img.shape == MNI1MM_SHAPE and np.allclose(img.affine, MNI1MM_AFFINE) and int(img.header["sform_code"]) == 4
+    np.testing.assert_allclose(np.asarray(img.dataobj), template_t1_1mm, atol=1e-3)
+    sidecar = json.loads(written.with_name(written.name.replace(".nii.gz", ".json")).read_text())
+    assert sidecar["SpatialReference"] == "MNI152NLin6Asym" and sidecar["SkullStripped"] is True
+    assert sidecar["Sources"] == ["bids::sub-01/anat/sub-01_T1w.nii.gz"]
+    report = run_validator(out)
+    assert not report.errors, report.errors
+    assert main(args) == 0  # no package reads it now: the earlier one must not stay
+    assert not list((out / "sub-01" / "anat").glob("*_desc-preproc_T1w.*"))

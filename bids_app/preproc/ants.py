@@ -170,6 +170,8 @@ class AntsBackend:
                 "N4-corrected T1w x native brain mask, resampled (linear) onto the MNI152 1 mm grid "
                 "182 x 218 x 182 by the affine part of the SyN registration (no SyN warp)"
             )
+            # the registration target: nilearn's MNI152 2009a symmetric template (bids_app.templates)
+            provenance["T1wMNISpace"] = "MNI152NLin2009aSym"
         return GMMaps(
             gmd=gmd,
             gmv=gmv,

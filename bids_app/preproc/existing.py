@@ -39,6 +39,7 @@ nonlinearly normalised, not affinely as SFCN's training images were (provenance 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -67,13 +68,21 @@ _MNI_T1W = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1)
+def _wide_brain() -> np.ndarray:
+    """The template brain on the 1 mm grid dilated by 6 mm: where a skull-stripped T1w ends."""
+    from scipy import ndimage
+
+    wide = ndimage.binary_dilation(mni1mm_brain_mask(), iterations=6)
+    wide.setflags(write=False)
+    return wide
+
+
 def load_t1w_mni(path: Path, mask_path: Path | None = None) -> np.ndarray:
     """A skull-stripped T1w in MNI space as float32 on the 1 mm grid, 0 outside the brain.
 
     ``mask_path`` (a brain mask in the same space) is applied when given; otherwise the image must be
     skull-stripped already (:data:`SKULL_FRACTION`). Raises :class:`InputDataError` naming the file."""
-    from scipy import ndimage
-
     try:
         data = to_mni1mm(nib.load(str(path)))
         mask = None if mask_path is None else to_mni1mm(nib.load(str(mask_path))) > 0.5
@@ -86,8 +95,7 @@ def load_t1w_mni(path: Path, mask_path: Path | None = None) -> np.ndarray:
     if not total > 0:
         raise InputDataError(f"{path}: the T1w in MNI space is empty (all zero or NaN) on the 1 mm grid")
     if mask is None:
-        brain = ndimage.binary_dilation(mni1mm_brain_mask(), iterations=6)
-        outside = float(data[~brain].sum(dtype=np.float64)) / total
+        outside = float(data[~_wide_brain()].sum(dtype=np.float64)) / total
         if outside > SKULL_FRACTION:
             raise InputDataError(
                 f"{path}: {outside:.0%} of this T1w's intensity lies outside the MNI brain, so it is not "
@@ -234,7 +242,9 @@ class DerivativesBackend:
             return None
         entities = re.escape(unit.with_space("SPACE")).replace("SPACE", "[A-Za-z0-9]+")
         legacy = re.escape(unit.prefix) + r"_space-[A-Za-z0-9]+"
-        pattern = re.compile(f"(?:{entities}|{legacy})" + r"(?P<res>_res-[A-Za-z0-9]+)?_desc-preproc_T1w\.nii(?:\.gz)?$")
+        pattern = re.compile(
+            f"(?:{entities}|{legacy})" + r"(?P<res>_res-[A-Za-z0-9]+)?_desc-preproc_T1w\.nii(?:\.gz)?$"
+        )
         hits = []
         for path in sorted(anat.iterdir()):
             m = pattern.match(path.name)
@@ -280,7 +290,9 @@ class DerivativesBackend:
                     "_desc-preproc_T1w.nii.gz')"
                 )
             t1w_mni = load_t1w_mni(*mni)
+            space = re.search(r"_space-([A-Za-z0-9]+)", mni[0].name)
             mni_provenance = {"T1wMNIFile": str(mni[0]), "T1wMNISha256": sha256_file(mni[0]),
+                              "T1wMNISpace": space.group(1) if space else None,
                               "T1wMNIBrainMask": str(mni[1]) if mni[1] else None}
             sources += tuple(p for p in mni if p is not None)
         return GMMaps(
