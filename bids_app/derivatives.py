@@ -29,7 +29,7 @@ import pandas as pd
 from . import RESEARCH_USE_NOTICE, __version__
 from ._io import atomic_path, safe_join, write_json, write_text
 from .errors import OutputError, UsageError
-from .grid import SPM_AFFINE, SPM_SHAPE, model_input_mask
+from .grid import MNI1MM_AFFINE, MNI1MM_SHAPE, SPM_AFFINE, SPM_SHAPE, model_input_mask
 from .types import GMMaps, QCResult, T1wUnit
 
 __all__ = [
@@ -39,6 +39,12 @@ __all__ = [
     "PREDICTION_COLUMNS",
     "BIDSIGNORE",
     "map_path",
+    "t1w_mni_path",
+    "t1w_mni_space",
+    "t1w_mni_sidecar",
+    "write_t1w_mni",
+    "remove_t1w_mni",
+    "T1W_MNI_DEFAULT_SPACE",
     "predictions_path",
     "explanation_path",
     "failure_path",
@@ -166,6 +172,26 @@ def map_path(output_dir: Path, unit: T1wUnit, kind: str) -> Path:
     desc = {"GMD": "", "GMV": "_desc-modulated"}[kind]
     name = f"{unit.with_space(SPACE)}_label-GM{desc}_probseg.nii.gz"
     return _unit_dir(output_dir, unit) / name
+
+
+#: space of the T1w in MNI space when the maps do not name one (``T1wMNISpace`` in their provenance):
+#: the ANTs backend registers to nilearn's MNI152 2009a symmetric template
+T1W_MNI_DEFAULT_SPACE = "MNI152NLin2009aSym"
+#: the name's end after the space: the 1 mm grid (:data:`bids_app.grid.MNI1MM_SHAPE`), preprocessed T1w
+_T1W_MNI_TAIL = "_res-1_desc-preproc_T1w"
+
+
+def t1w_mni_space(maps: GMMaps) -> str:
+    """The BIDS space label of ``maps.t1w_mni``: what the backend recorded, else the ANTs template's."""
+    return str(maps.provenance.get("T1wMNISpace", T1W_MNI_DEFAULT_SPACE))
+
+
+def t1w_mni_path(output_dir: Path, unit: T1wUnit, space: str = T1W_MNI_DEFAULT_SPACE) -> Path:
+    """Path of the T1w in MNI space (SFCN's input before crop and normalisation):
+    ``..._space-<space>_res-1_desc-preproc_T1w.nii.gz``."""
+    if not space.isalnum():
+        raise UsageError(f"a space label must be alphanumeric; got {space!r}")
+    return _unit_dir(output_dir, unit) / f"{unit.with_space(space)}{_T1W_MNI_TAIL}.nii.gz"
 
 
 def predictions_path(output_dir: Path, unit: T1wUnit) -> Path:
@@ -322,6 +348,55 @@ def write_map(path: Path, data: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
         nib.save(img, tmp)
     write_json(path.with_name(path.name.replace(".nii.gz", ".json")), dict(sidecar))
     return path
+
+
+def write_t1w_mni(path: Path, data: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
+    """Write the T1w in MNI space (float32 on the 1 mm grid) plus its JSON sidecar, both atomically."""
+    if data.shape != MNI1MM_SHAPE:
+        raise OutputError(f"{path}: the T1w in MNI space must be on the 1 mm grid {MNI1MM_SHAPE}; got {data.shape}")
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), MNI1MM_AFFINE)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(MNI1MM_AFFINE, code=4)  # 4 = MNI
+    img.header.set_sform(MNI1MM_AFFINE, code=4)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, tmp)
+    write_json(path.with_name(path.name.replace(".nii.gz", ".json")), dict(sidecar))
+    return path
+
+
+def remove_t1w_mni(output_dir: Path, unit: T1wUnit, keep: Path | None = None) -> None:
+    """Remove this T1w's MNI-space T1w outputs (any space, image and sidecar) but ``keep``'s: a run
+    that makes none, or makes one in another space, must not leave an earlier run's beside its maps."""
+    import re
+
+    folder = _unit_dir(output_dir, unit)
+    name = re.compile(re.escape(unit.with_space("SPACE")).replace("SPACE", "[A-Za-z0-9]+")
+                      + re.escape(_T1W_MNI_TAIL) + r"\.(?:nii\.gz|json)$")
+    keep_stem = keep.name.replace(".nii.gz", "") if keep is not None else None
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if name.match(path.name) and path.name.rsplit(".json", 1)[0].replace(".nii.gz", "") != keep_stem:
+            path.unlink(missing_ok=True)
+
+
+def t1w_mni_sidecar(unit: T1wUnit, bids_dir: Path, maps: GMMaps,
+                    inputs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """JSON sidecar of the T1w in MNI space: what it is, its sources, grid, space and backend."""
+    sidecar: dict[str, Any] = {
+        "Description": "The T1w, N4 bias-corrected, skull-stripped (0 outside the brain) and registered to MNI152 "
+                       "at 1 mm: the input of SFCN packages before their centre crop and mean normalisation.",
+        "Sources": [f"bids::{_source_relative(unit, bids_dir)}"],
+        "SpatialReference": t1w_mni_space(maps),
+        "Resolution": "1 mm isotropic, 182 x 218 x 182 voxels (FSL's MNI152 1 mm grid)",
+        "Grid": {"Shape": list(MNI1MM_SHAPE), "Affine": MNI1MM_AFFINE.tolist(), "VoxelSizeMM": 1.0},
+        "SkullStripped": True,
+        "PreprocBackend": maps.backend,
+        "PreprocBackendVersion": maps.backend_version,
+        "Provenance": dict(maps.provenance),
+        "GeneratedBy": f"vbm-predict {__version__}",
+    }
+    if inputs is not None:
+        sidecar["InputFingerprint"] = dict(inputs)
+    return sidecar
 
 
 def column_sidecar(columns: Sequence[str], spec: Mapping[str, Mapping[str, Any]] = PREDICTION_COLUMNS) -> dict:

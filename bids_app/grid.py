@@ -50,6 +50,12 @@ __all__ = [
     "crop",
     "uncrop",
     "make_model_input",
+    "MNI1MM_SHAPE",
+    "MNI1MM_AFFINE",
+    "SFCN_CROP",
+    "SFCN_INPUT_SHAPE",
+    "to_mni1mm",
+    "mni1mm_brain_mask",
 ]
 
 #: SPM12/SPM25 1.5 mm MNI (IXI549Space) grid used by DARTEL/segment "normalised" outputs.
@@ -69,6 +75,21 @@ CROP: tuple[slice, slice, slice] = (slice(12, 108), slice(13, 133), slice(16, 10
 MODEL_INPUT_SHAPE: tuple[int, int, int, int] = (2, 96, 120, 86)
 #: Channel order of the model input: channel 0 = GM density (wc1), channel 1 = GM volume (mwc1).
 CHANNELS: tuple[str, str] = ("GMD", "GMV")
+
+#: FSL's MNI152 1 mm grid (182 x 218 x 182, x axis flipped as in SPM's grid): the grid of the T1w that
+#: SFCN reads (Peng et al. 2021: FSL FLIRT affine registration to MNI152 at 1 mm).
+MNI1MM_SHAPE: tuple[int, int, int] = (182, 218, 182)
+MNI1MM_AFFINE: np.ndarray = np.array(
+    [
+        [-1.0, 0.0, 0.0, 90.0],
+        [0.0, 1.0, 0.0, -126.0],
+        [0.0, 0.0, 1.0, -72.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+#: SFCN's centre crop of the 1 mm grid, 0-based and end-exclusive: 160 x 192 x 160 voxels.
+SFCN_CROP: tuple[slice, slice, slice] = (slice(11, 171), slice(13, 205), slice(11, 171))
+SFCN_INPUT_SHAPE: tuple[int, int, int, int] = (1, 160, 192, 160)
 
 MASK_PROVENANCE = {
     "BrainMask": "nilearn MNI152 (2009) brain mask, trilinear to the SPM 1.5 mm grid, > 0.5",
@@ -223,3 +244,59 @@ def make_model_input(
     stacked = np.stack([gmd, gmv]).astype(np.float32) * m
     stacked = np.nan_to_num(stacked, nan=0.0, posinf=0.0, neginf=0.0)
     return np.ascontiguousarray(crop(stacked), dtype=dtype)
+
+
+def to_mni1mm(img: SpatialImage) -> np.ndarray:
+    """``img``'s data on the MNI152 1 mm grid (:data:`MNI1MM_SHAPE`) as float32, resampled (linear)
+    only when it is not on that grid already; outside the source field of view 0. Raises ``ValueError``
+    for an image that is not 3D or whose affine is singular."""
+    from nilearn.image import resample_img
+
+    if len(img.shape) != 3 and not (len(img.shape) == 4 and img.shape[3] == 1):
+        raise ValueError(f"expected a 3D image, got shape {tuple(img.shape)}")
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3])
+    if tuple(img.shape[:3]) == MNI1MM_SHAPE and np.allclose(img.affine, MNI1MM_AFFINE, atol=1e-3):
+        return data
+    if np.linalg.matrix_rank(img.affine[:3, :3]) < 3:
+        raise ValueError("the image affine is singular; the image cannot be placed in MNI space")
+    shifted = _reindexed(data, img.affine, MNI1MM_AFFINE, MNI1MM_SHAPE)
+    if shifted is not None:
+        return shifted
+    out = resample_img(
+        nib.Nifti1Image(np.nan_to_num(data, nan=0.0), img.affine),
+        target_affine=MNI1MM_AFFINE, target_shape=MNI1MM_SHAPE, interpolation="linear",
+        fill_value=0.0, force_resample=True, copy_header=True,
+    )
+    return np.asarray(out.get_fdata(dtype=np.float32), dtype=np.float32)
+
+
+def _reindexed(data: np.ndarray, affine: np.ndarray, target_affine: np.ndarray,
+               target_shape: tuple[int, int, int]) -> np.ndarray | None:
+    """``data`` on the target grid by voxel indexing alone when the two grids share their voxels (same
+    axes up to a flip, same spacing, whole-voxel offsets: e.g. nilearn's 1 mm MNI152 files and the MNI
+    1 mm grid), which interpolation would only reproduce more slowly; None when they do not."""
+    to_source = np.linalg.inv(affine) @ target_affine
+    lin, off = to_source[:3, :3], to_source[:3, 3]
+    signs = np.diag(lin)
+    if not (np.allclose(lin, np.diag(signs), atol=1e-6) and np.allclose(np.abs(signs), 1.0, atol=1e-6)
+            and np.allclose(off, np.round(off), atol=1e-4)):
+        return None
+    index = [np.round(signs[a]).astype(int) * np.arange(target_shape[a]) + int(round(off[a])) for a in range(3)]
+    inside = [(i >= 0) & (i < data.shape[a]) for a, i in enumerate(index)]
+    out = np.zeros(target_shape, dtype=np.float32)
+    out[np.ix_(*inside)] = data[np.ix_(*(i[m] for i, m in zip(index, inside)))]
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def mni1mm_brain_mask() -> np.ndarray:
+    """Boolean MNI152 (2009) brain mask on the 1 mm grid (nilearn's mask probability > 0.5; read-only)."""
+    import warnings
+
+    from .templates import mni152_brain_mask
+
+    with warnings.catch_warnings():  # the binary mask is resampled linearly on purpose, then thresholded
+        warnings.filterwarnings("ignore", message="Resampling binary images")
+        mask = to_mni1mm(mni152_brain_mask(0.0)) > 0.5
+    mask.setflags(write=False)
+    return mask

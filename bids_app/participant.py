@@ -4,7 +4,9 @@
 It never touches other units' files, writes every output atomically, and caches the preprocessing
 result in the unit's private work directory, so a run that was killed resumes where it stopped.
 The cache is valid only for the same inputs and parameters (:func:`cache_key`: the T1w's size,
-mtime and sha256, the backend, its version and parameters); anything else recomputes and says why.
+mtime and sha256, the backend, its version and parameters, and the extra maps asked of it, e.g. the
+T1w in MNI space for SFCN); anything else recomputes and says why. A cache that holds more maps than
+a run needs is reused; one that lacks a map the run needs is not.
 The records written (prediction rows, sidecars) are built by :mod:`bids_app.derivatives`.
 Orchestration over many units (discovery, validation, model loading, failure records, the summary)
 lives in :mod:`bids_app.workflows`.
@@ -28,12 +30,17 @@ from .derivatives import (
     map_sidecar,
     prediction_rows,
     predictions_path,
+    remove_t1w_mni,
+    t1w_mni_path,
+    t1w_mni_sidecar,
+    t1w_mni_space,
     unit_output_names,
     write_map,
     write_predictions,
+    write_t1w_mni,
 )
 from .errors import InputDataError, NoInputError
-from .grid import SPM_AFFINE, make_model_input, model_input_mask
+from .grid import MNI1MM_AFFINE, SPM_AFFINE, make_model_input, model_input_mask
 from .types import GMMaps, PreprocBackend, QCResult, T1wUnit, reuses_existing_maps
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "process_unit",
     "prediction_rows",
     "cache_key",
+    "extra_outputs",
     "cached_preprocessing",
     "hard_qc_failures",
 ]
@@ -79,6 +87,8 @@ class UnitResult:
 
 # -- preprocessing with a resumable cache ------------------------------------------------------
 _CACHE_FILES = ("gmd.nii.gz", "gmv.nii.gz", "maps.json")
+#: cached only when the backend made it (``make_t1w_mni``): the T1w in MNI152 1 mm space
+_T1W_MNI_FILE = "t1w_mni.nii.gz"
 #: how the cache key describes a file: enough to notice a replaced file even with an equal mtime
 _FILE_KEYS = ("path", "size", "mtime_ns", "sha256")
 
@@ -88,8 +98,9 @@ def _file_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 
-#: backend attributes that do not change the maps (so a change must not invalidate the cache)
-_NOT_PARAMETERS = ("nprocs", "env")
+#: backend attributes that do not change the maps (so a change must not invalidate the cache); the extra
+#: maps asked for (``make_t1w_mni``) enter the key as ``outputs`` instead (see :func:`extra_outputs`)
+_NOT_PARAMETERS = ("nprocs", "env", "make_t1w_mni")
 
 
 def _backend_parameters(backend: PreprocBackend) -> Any:
@@ -104,13 +115,20 @@ def _backend_parameters(backend: PreprocBackend) -> Any:
     return plain
 
 
+def extra_outputs(backend: PreprocBackend) -> list[str]:
+    """The maps beyond GMD and GMV that ``backend`` is asked to make (``t1w_mni`` with ``make_t1w_mni``)."""
+    return ["t1w_mni"] if getattr(backend, "make_t1w_mni", False) else []
+
+
 def cache_key(backend: PreprocBackend, unit: T1wUnit) -> dict[str, Any]:
-    """What the finished maps depend on: the T1w's content, the backend, its version and parameters."""
+    """What the finished maps depend on: the T1w's content, the backend, its version and parameters,
+    and the extra maps it is asked for (``outputs``)."""
     return {
         "t1w": _file_fingerprint(unit.path),
         "backend": backend.name,
         "backend_version": backend.version(),
         "parameters": _backend_parameters(backend),
+        "outputs": extra_outputs(backend),
     }
 
 
@@ -122,13 +140,20 @@ def _why_stale(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
     for key in ("backend", "backend_version", "parameters"):
         if old.get(key) != new[key]:
             return f"the {key.replace('_', ' ')} changed ({old.get(key)!r} -> {new[key]!r})"
+    missing = [name for name in new.get("outputs", []) if name not in old.get("outputs", [])]
+    if missing:  # a cache with more maps than needed is fine; one without a needed map is not
+        return f"a model package needs {', '.join(missing)}, which the cached preprocessing did not make"
     return None
 
 
-def _load_cache(cache: Path) -> GMMaps:
+def _load_cache(cache: Path, outputs: Sequence[str] = ()) -> GMMaps:
+    """The cached maps; of the extra maps only those in ``outputs`` (what this run asks for)."""
     import nibabel as nib
 
     meta = json.loads((cache / "maps.json").read_text())
+    t1w_mni = None
+    if "t1w_mni" in outputs:
+        t1w_mni = np.asarray(nib.load(cache / _T1W_MNI_FILE).dataobj, dtype=np.float32)
     return GMMaps(
         gmd=np.asarray(nib.load(cache / "gmd.nii.gz").dataobj, dtype=np.float32),
         gmv=np.asarray(nib.load(cache / "gmv.nii.gz").dataobj, dtype=np.float32),
@@ -137,6 +162,7 @@ def _load_cache(cache: Path) -> GMMaps:
         provenance=meta["provenance"],
         qc=meta["qc"],
         source_files=tuple(Path(p) for p in meta["source_files"]),
+        t1w_mni=t1w_mni,
     )
 
 
@@ -164,7 +190,7 @@ def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path,
         reason = _why_stale(old, key) if old else "the cache was written by an older version without a key"
         if reason is None:
             try:
-                maps = _load_cache(cache)
+                maps = _load_cache(cache, key.get("outputs", ()))
                 _log.info("%s: reusing finished preprocessing from %s (same T1w, backend and parameters)",
                           unit.prefix, cache)
                 return maps
@@ -172,9 +198,16 @@ def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path,
                 reason = f"the cache could not be read ({exc})"
         _log.info("%s: recomputing the preprocessing: %s", unit.prefix, reason)
     maps = backend.run(unit, work_dir)
-    for name, data in (("gmd.nii.gz", maps.gmd), ("gmv.nii.gz", maps.gmv)):
+    # the key goes first: a kill while the maps are replaced must leave no key that vouches for them
+    (cache / "maps.json").unlink(missing_ok=True)
+    images = [("gmd.nii.gz", maps.gmd, SPM_AFFINE), ("gmv.nii.gz", maps.gmv, SPM_AFFINE)]
+    if maps.t1w_mni is not None:
+        images.append((_T1W_MNI_FILE, maps.t1w_mni, MNI1MM_AFFINE))
+    else:  # never leave an earlier T1w's MNI image beside these maps
+        (cache / _T1W_MNI_FILE).unlink(missing_ok=True)
+    for name, data, affine in images:
         with atomic_path(cache / name, suffix=".nii.gz") as tmp:
-            nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), SPM_AFFINE), tmp)
+            nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine), tmp)
     write_json(
         cache / "maps.json",
         {
@@ -184,7 +217,7 @@ def cached_preprocessing(backend: PreprocBackend, unit: T1wUnit, work_dir: Path,
             "qc": dict(maps.qc),
             "source_files": [str(p) for p in maps.source_files],
             "source": str(unit.path),
-            "key": key,
+            "key": {**key, "outputs": ["t1w_mni"] if maps.t1w_mni is not None else []},
         },
     )
     return maps
@@ -298,6 +331,13 @@ def process_unit(
                 stale.unlink(missing_ok=True)
         raise
     result.outputs.extend(written)
+    if maps.t1w_mni is not None:  # made only when a package reads it (input kind t1w_mni1mm)
+        path = t1w_mni_path(options.output_dir, unit, t1w_mni_space(maps))
+        result.outputs.append(write_t1w_mni(path, maps.t1w_mni, t1w_mni_sidecar(unit, options.bids_dir, maps,
+                                                                                  fingerprint)))
+        remove_t1w_mni(options.output_dir, unit, keep=path)
+    else:
+        remove_t1w_mni(options.output_dir, unit)
 
     result.step = "qc gate"
     if hard:

@@ -42,12 +42,15 @@ __all__ = [
     "FREEZE_CHOICES",
     "WeightsDtype",
     "WEIGHTS_DTYPES",
+    "InputKind",
+    "INPUT_KINDS",
     "T1wUnit",
     "GMMaps",
     "QCResult",
     "ModelScores",
     "PreprocBackend",
     "reuses_existing_maps",
+    "backend_provides",
 ]
 
 #: BIDS entities, short keys, in the order BIDS prescribes (schema ``rules/entities``). A T1w may carry
@@ -106,6 +109,14 @@ FREEZE_CHOICES: tuple[FreezeName, ...] = get_args(FreezeName)
 #: Storage dtype of the weights in a model package.
 WeightsDtype = Literal["float32", "float16"]
 WEIGHTS_DTYPES: tuple[WeightsDtype, ...] = get_args(WeightsDtype)
+
+
+#: What a model package reads (its card's ``input.kind``; see :mod:`bids_app.model_input`):
+#: ``gm_crop2`` GMD + GMV, masked and cropped (BrainImageNet); ``gm_spm1`` one GM map on the SPM grid
+#: (Clinica t1-volume: CNN-5 variants, Liu/MOX, the regional baseline); ``t1w_mni1mm`` the T1w affinely
+#: registered to MNI152 at 1 mm, skull-stripped, bias-corrected, cropped and mean-normalised (SFCN).
+InputKind = Literal["gm_crop2", "gm_spm1", "t1w_mni1mm"]
+INPUT_KINDS: tuple[InputKind, ...] = get_args(InputKind)
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,10 @@ class GMMaps:
         Backend-specific QC metrics (e.g. ``brain_mask_dice``); :mod:`bids_app.qc` adds its own.
     source_files : tuple[Path, ...]
         Files the maps were read from or made from (for ``Sources`` in sidecars).
+    t1w_mni : np.ndarray or None
+        The T1w, N4 bias-corrected, skull-stripped and affinely registered to MNI152 on the 1 mm grid
+        (:data:`bids_app.grid.MNI1MM_SHAPE`, :data:`bids_app.grid.MNI1MM_AFFINE`), float32, 0 outside
+        the brain, neither cropped nor normalised; made only when a package reads ``t1w_mni1mm``.
     """
 
     gmd: np.ndarray
@@ -198,6 +213,7 @@ class GMMaps:
     provenance: Mapping[str, Any] = field(default_factory=dict)
     qc: Mapping[str, float] = field(default_factory=dict)
     source_files: tuple[Path, ...] = ()
+    t1w_mni: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +269,11 @@ class PreprocBackend(Protocol):
     Optional class attribute: ``reuses_existing_maps = True`` for a backend that reads maps made
     elsewhere (the T1w is then checked only for readability, and its maps are never cached).
     Read it with :func:`reuses_existing_maps`; absent means False.
+
+    Optional attribute ``provides``: a frozenset of the :data:`InputKind` values the backend can make
+    (read it with :func:`backend_provides`; absent means ``gm_crop2`` and ``gm_spm1``, which every
+    backend's GMD and GMV maps give). A backend that can make ``t1w_mni1mm`` also has a boolean
+    ``make_t1w_mni``: it fills :attr:`GMMaps.t1w_mni` only when that is set.
     """
 
     @property
@@ -277,3 +298,8 @@ class PreprocBackend(Protocol):
 def reuses_existing_maps(backend: PreprocBackend) -> bool:
     """True when ``backend`` reads maps made elsewhere instead of processing the T1w."""
     return bool(getattr(backend, "reuses_existing_maps", False))
+
+
+def backend_provides(backend: PreprocBackend) -> frozenset[str]:
+    """The input kinds ``backend`` can make (its ``provides``; GM maps only when it says nothing)."""
+    return frozenset(getattr(backend, "provides", ("gm_crop2", "gm_spm1")))

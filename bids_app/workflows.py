@@ -42,13 +42,15 @@ from .errors import (
 )
 from .parallel import FULL_SIZE_MODELS_GB, UNIT_MEMORY_GB, plan_resources, run_units
 from .participant import UnitOptions, UnitResult, process_unit
-from .types import DeviceName, PreprocBackend, PreprocName, T1wUnit
+from .types import DeviceName, PreprocBackend, PreprocName, T1wUnit, backend_provides
 
 __all__ = [
     "DEMO_MODELS",
     "WORK_DIR_NAME",
     "RunSummary",
     "check_paths",
+    "check_input_kinds",
+    "package_input_kind",
     "default_work_dir",
     "exit_code_for",
     "resolve_models_dir",
@@ -159,6 +161,38 @@ def _load_packages(models_dir: Path, device: str, *, quiet: bool = False) -> lis
             _log.warning("model %s was trained on synthetic data only: its predictions mean nothing for real data",
                          p.name)
     return packages
+
+
+def package_input_kind(package: Any) -> str:
+    """The input kind a loaded package reads: its card's ``input.kind`` (``gm_crop2`` for v1 cards)."""
+    from .model_input import input_kind
+
+    card = getattr(package, "card", None) or {}
+    return input_kind(card.get("input", {}))
+
+
+def check_input_kinds(packages: Sequence[Any], backend: PreprocBackend) -> None:
+    """Refuse (:class:`UsageError`, exit 64) packages whose input kind ``backend`` cannot make.
+
+    Called once the packages are loaded and the backend chosen, before anything is written or
+    preprocessed: a run that cannot feed one of its packages stops at once instead of after hours of
+    preprocessing. The message names each package, its kind and the backend, and what would work.
+    """
+    provides = backend_provides(backend)
+    refused = [(p, kind) for p in packages if (kind := package_input_kind(p)) not in provides]
+    if not refused:
+        return
+    listed = "; ".join(f"model package {getattr(p, 'name', '?')} ({getattr(p, 'path', '?')}) reads input kind "
+                       f"{kind!r}" for p, kind in refused)
+    hint = "use --preproc ants (it makes every input kind) or leave these packages out of --models"
+    if backend.name == "derivatives":
+        hint = ("the derivatives backend provides t1w_mni1mm only when the --derivatives folder holds T1w "
+                "images in MNI space ('sub-*/[ses-*/]anat/*_space-MNI152<...>[_res-1]_desc-preproc_T1w.nii.gz'); "
+                + hint)
+    raise UsageError(
+        f"{listed}, which the {backend.name!r} preprocessing backend cannot make (it makes "
+        f"{', '.join(sorted(provides))}); {hint}. Nothing was preprocessed or written."
+    )
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -407,6 +441,7 @@ def _run_participant_level(
     explain: Any,
 ) -> RunSummary:
     from .discovery import discover_units
+    from .model_input import needed_outputs
     from .models.device import resolve_device
     from .preproc import get_backend, resolve_backend_name
 
@@ -437,12 +472,15 @@ def _run_participant_level(
         units = select_t1w(units, bids_dir, t1w_files)
     models_dir = resolve_models_dir(models)
     packages = _load_packages(models_dir, run_device)
+    # only the maps the packages read are made (e.g. the T1w in MNI space only for SFCN packages)
+    outputs = needed_outputs({package_input_kind(p) for p in packages})
     backend_name = resolve_backend_name(preproc, derivatives_dir=derivatives_dir)
     plan = plan_resources(len(units), nprocs=nprocs, omp_nthreads=omp_nthreads, mem_gb=mem_gb,
                           unit_mem_gb=unit_memory_gb(backend_name, packages),
                           prefer_threads=backend_name == "derivatives")
     backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
-                          dartel_template=dartel_template)
+                          dartel_template=dartel_template, outputs=outputs)
+    check_input_kinds(packages, backend)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())
     for warning in check_output_dataset(output_dir, bids_dir):
         _log.warning("%s", warning)
@@ -462,7 +500,7 @@ def _run_participant_level(
     context: _UnitContext | None = _UnitContext(backend=backend, packages=tuple(packages), options=options)
     setup = functools.partial(_worker_context, preproc=backend.name, derivatives_dir=derivatives_dir,
                               dartel_template=dartel_template, models_dir=models_dir, device=run_device,
-                              omp_nthreads=plan.omp_nthreads, options=options)
+                              omp_nthreads=plan.omp_nthreads, options=options, outputs=outputs)
     if plan.workers > 1:
         del packages  # every worker loads its own copy; do not hold one here as well
         context = None
@@ -481,11 +519,14 @@ class _UnitContext:
 
 
 def _worker_context(*, preproc: str, derivatives_dir: Path | None, dartel_template: Path | None, models_dir: Path,
-                    device: str, omp_nthreads: int, options: UnitOptions) -> _UnitContext:
-    """A worker's context: the backend with its share of threads and its own model packages."""
+                    device: str, omp_nthreads: int, options: UnitOptions,
+                    outputs: frozenset[str] = frozenset()) -> _UnitContext:
+    """A worker's context: the backend with its share of threads (asked for the run's ``outputs``) and
+    its own model packages."""
     from .preproc import get_backend
 
-    backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=omp_nthreads, dartel_template=dartel_template)
+    backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=omp_nthreads, dartel_template=dartel_template,
+                          outputs=outputs)
     return _UnitContext(backend=backend, packages=tuple(_load_packages(models_dir, device, quiet=True)), options=options)
 
 

@@ -9,13 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bids_app.grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3, brain_mask
+from bids_app.grid import MNI1MM_SHAPE, SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3, brain_mask
 from bids_app.preproc._templates import RAS_GRID_AFFINE, ras_to_spm, template_on_grid
 from bids_app.preproc.ants import AntsBackend, AntsParams, em_segment
 from bids_app.qc import compute_qc
 from bids_app.types import GMMaps, PreprocBackend, T1wUnit
 
 COLIN = Path("/usr/share/mricron/templates/ch2.nii.gz")
+#: the T1w in MNI space vs the template T1 (brain-masked Pearson r) must exceed these, and beat the same
+#: image shifted 6 mm by the margin. Measured: the backend on the control phantom 0.927 (0.518 shifted;
+#: 1.6e-8 of its intensity beyond the dilated brain; SFCN input brain mean 1.003). Colin27 only through
+#: step 7 with the head affine of step 3 and no skull stripping (a lower bound): 0.650 (0.504 shifted):
+#: affine only, a real head keeps its own folding, so its r stays below SyN's 0.84
+T1W_MNI_MIN_R_PHANTOM = 0.85
+T1W_MNI_MIN_R_COLIN = 0.6
+T1W_MNI_SHIFT_MARGIN = {"phantom": 0.1, "colin27": 0.05}
 
 
 def test_backend_contract():
@@ -83,7 +91,8 @@ def test_em_segment_lets_the_image_overrule_the_prior():
 def phantom_pair(tmp_path_factory):
     """The same phantom subject without and with a 20% hippocampal atrophy, through the backend.
 
-    1.5 mm phantoms keep CI within budget; bench/preproc.py measures the 1 mm case."""
+    1.5 mm phantoms keep CI within budget; bench/preproc.py measures the 1 mm case. The control is also
+    asked for the T1w in MNI space (one resampling more), the atrophy run is not."""
     from bids_app.synth.phantom import make_phantom
 
     base = tmp_path_factory.mktemp("ants_pair")
@@ -91,7 +100,8 @@ def phantom_pair(tmp_path_factory):
     for name, atrophy in (("control", 0.0), ("atrophy", 0.3)):
         ph = make_phantom(base / f"{name}.nii.gz", atrophy=atrophy, seed=3, voxel_mm=1.5)
         t0 = time.perf_counter()
-        maps = AntsBackend(nprocs=2).run(T1wUnit(ph.path, {"sub": name}), base / f"work-{name}")
+        backend = AntsBackend(nprocs=2, make_t1w_mni=name == "control")
+        maps = backend.run(T1wUnit(ph.path, {"sub": name}), base / f"work-{name}")
         out[name] = (ph, maps, time.perf_counter() - t0, base / f"work-{name}")
     return out
 
@@ -145,6 +155,41 @@ def test_qc_passes_good_and_flags_shifted_output(phantom_pair):
     assert "gmv_template_correlation" in compute_qc(shifted).flags
 
 
+def _template_correlation(t1w_mni: np.ndarray) -> tuple[float, float]:
+    """Pearson r of a T1w in MNI space with the MNI152 template T1 inside the template brain, as it
+    is and shifted 6 mm forward (a misplaced image would not lose much by the shift)."""
+    from bids_app.grid import mni1mm_brain_mask, to_mni1mm
+    from bids_app.templates import mni152_t1
+
+    brain, template = mni1mm_brain_mask(), to_mni1mm(mni152_t1())
+    r = float(np.corrcoef(t1w_mni[brain], template[brain])[0, 1])
+    shifted = float(np.corrcoef(np.roll(t1w_mni, 6, axis=1)[brain], template[brain])[0, 1])
+    return r, shifted
+
+
+@pytest.mark.slow
+def test_t1w_in_mni_space_is_skull_stripped_and_placed_by_the_affine(phantom_pair):
+    """Step 7 (SFCN's input): made only when asked, on the MNI 1 mm grid, in MNI space, no skull."""
+    from scipy import ndimage
+
+    from bids_app.grid import mni1mm_brain_mask
+    from bids_app.model_input import make_input
+
+    ph, maps, _, work = phantom_pair["control"]
+    assert phantom_pair["atrophy"][1].t1w_mni is None
+    assert not list(phantom_pair["atrophy"][3].rglob("t1w_mni.nii.gz"))
+    t1 = maps.t1w_mni
+    assert t1 is not None and t1.shape == MNI1MM_SHAPE and t1.dtype == np.float32
+    assert "affine part" in maps.provenance["T1wMNI"] and maps.provenance["T1wMNISpace"] == "MNI152NLin2009aSym"
+    r, shifted = _template_correlation(t1)
+    assert r > T1W_MNI_MIN_R_PHANTOM and r - shifted > T1W_MNI_SHIFT_MARGIN["phantom"], (r, shifted)
+    # skull-stripped: (almost) no intensity beyond the template brain dilated by 6 mm
+    outside = ~ndimage.binary_dilation(mni1mm_brain_mask(), iterations=6)
+    assert t1[outside].sum() < 0.02 * t1.sum()
+    x = make_input("t1w_mni1mm", maps, {})
+    assert x.shape == (1, 160, 192, 160) and x[0][x[0] > 0].mean() == pytest.approx(1.0, rel=0.02)
+
+
 @pytest.mark.slow
 def test_resume_reuses_finished_steps(phantom_pair):
     ph, maps, _, work = phantom_pair["control"]
@@ -159,7 +204,10 @@ def test_resume_reuses_finished_steps(phantom_pair):
 def test_real_colin27_head(tmp_path):
     if not COLIN.is_file():
         pytest.skip("mricron-data (Colin27 ch2.nii.gz) not installed")
-    maps = AntsBackend(nprocs=2).run(T1wUnit(COLIN, {"sub": "colin27"}), tmp_path)
+    maps = AntsBackend(nprocs=2, make_t1w_mni=True).run(T1wUnit(COLIN, {"sub": "colin27"}), tmp_path)
+    # a real head with its skull: the T1w in MNI space is stripped and placed by the affine alone
+    r, shifted = _template_correlation(maps.t1w_mni)
+    assert r > T1W_MNI_MIN_R_COLIN and r - shifted > T1W_MNI_SHIFT_MARGIN["colin27"], (r, shifted)
     qc = compute_qc(maps)
     assert qc.passed, (qc.flags, qc.metrics)
     assert 450 < qc.metrics["total_gmv_ml"] < 1150  # measured 999 ml (see docs: generous brain mask)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Collection
 
 from ..errors import BackendUnavailableError, UsageError
 from ..types import BACKEND_NAMES, PreprocBackend
@@ -53,19 +54,25 @@ def get_backend(
     derivatives_dir: Path | None = None,
     nprocs: int = 1,
     dartel_template: Path | None = None,
+    outputs: Collection[str] = (),
 ) -> PreprocBackend:
-    """Build the backend called ``name`` (``auto`` resolved first) with the run's options."""
+    """Build the backend called ``name`` (``auto`` resolved first) with the run's options.
+
+    ``outputs`` names the maps the run's model packages are built from
+    (:func:`bids_app.model_input.needed_outputs`): a backend that can make the T1w in MNI space makes it
+    only when ``t1w_mni`` is among them. GMD and GMV are always made (QC reads them)."""
     name = resolve_backend_name(name, derivatives_dir=derivatives_dir)
+    make_t1w_mni = "t1w_mni" in outputs
     if name == "derivatives":
         if derivatives_dir is None:
             raise UsageError("--preproc derivatives needs --derivatives DIR")
         from .existing import DerivativesBackend
 
-        return DerivativesBackend(derivatives_dir)
+        return DerivativesBackend(derivatives_dir, make_t1w_mni=make_t1w_mni)
     if name == "ants":
         from .ants import AntsBackend
 
-        return AntsBackend(nprocs=nprocs)
+        return AntsBackend(nprocs=nprocs, make_t1w_mni=make_t1w_mni)
     from .clinica import ClinicaBackend
 
     backend = ClinicaBackend(nprocs=nprocs, dartel_template=dartel_template)

@@ -24,6 +24,10 @@ unit's work directory so a killed job resumes where it stopped:
    machine it took minutes per 1 mm head, the vectorised EM takes seconds.
 6. GMD = the native GM posterior warped onto the SPM grid (linear); GMV = GMD x |det J| where J is
    the Jacobian of the template -> native map (affine part times the SyN field's determinant).
+7. ``t1w_mni.nii.gz`` (only with ``make_t1w_mni``, for SFCN's ``t1w_mni1mm`` input): the N4-corrected
+   T1w times the native brain mask of step 5, resampled (linear) onto the MNI152 1 mm grid
+   (:data:`bids_app.grid.MNI1MM_SHAPE`) by the affine part of step 4's registration alone: no further
+   registration, and no SyN warp (SFCN was trained on affinely registered T1w images).
 
 Measured on real anatomy (``bench/fidelity.py``, docs/preprocessing.md): with T1 intensity alone
 SyN's Jacobian carried 61% of a focal loss on Colin27 (the segmentation saw all of it), GMV 67-69%;
@@ -52,7 +56,7 @@ import numpy as np
 
 from .._io import atomic_path, write_json
 from ..errors import BackendUnavailableError, PreprocessingError
-from ..grid import SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
+from ..grid import MNI1MM_AFFINE, MNI1MM_SHAPE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
 from ..types import GMMaps, T1wUnit
 from ._templates import RAS_GRID_AFFINE, TEMPLATE_PROVENANCE, ras_to_spm, template_on_grid, template_priors_1mm
 from .inputs import load_t1w
@@ -98,7 +102,11 @@ class AntsBackend:
 
     nprocs: int = 1
     params: AntsParams = field(default_factory=AntsParams)
+    #: also make :attr:`GMMaps.t1w_mni` (step 7); outside :class:`AntsParams`, so that turning it on
+    #: reuses every finished step of the same T1w (the participant cache key records it separately)
+    make_t1w_mni: bool = False
     name: ClassVar[str] = "ants"
+    provides: ClassVar[frozenset[str]] = frozenset({"gm_crop2", "gm_spm1", "t1w_mni1mm"})
 
     def available(self) -> bool:
         try:
@@ -138,6 +146,11 @@ class AntsBackend:
         syn = self._syn_step(work, timings, n4_path, aff_path)
         seg = self._seg_step(work, timings, n4_path, syn)
         maps_path = self._step(work / "maps.npz", timings, "warp", lambda out: self._to_grid(n4_path, seg, syn, out))
+        t1w_mni = None
+        if self.make_t1w_mni:
+            mni_path = self._step(work / "t1w_mni.nii.gz", timings, "t1w_mni",
+                                  lambda out: self._t1w_to_mni(n4_path, seg, syn, out))
+            t1w_mni = np.asarray(nib.load(mni_path).dataobj, dtype=np.float32)
 
         with np.load(maps_path) as z:
             gmd = z["gmd"].astype(np.float32)
@@ -152,6 +165,13 @@ class AntsBackend:
             "StepSeconds": timings,
             "Modulation": "GMV = GMD x |det J| of the template->native map (affine x SyN field)",
         }
+        if t1w_mni is not None:
+            provenance["T1wMNI"] = (
+                "N4-corrected T1w x native brain mask, resampled (linear) onto the MNI152 1 mm grid "
+                "182 x 218 x 182 by the affine part of the SyN registration (no SyN warp)"
+            )
+            # the registration target: nilearn's MNI152 2009a symmetric template (bids_app.templates)
+            provenance["T1wMNISpace"] = "MNI152NLin2009aSym"
         return GMMaps(
             gmd=gmd,
             gmv=gmv,
@@ -160,6 +180,7 @@ class AntsBackend:
             provenance=provenance,
             qc=qc,
             source_files=(Path(unit.path),),
+            t1w_mni=t1w_mni,
         )
 
     # ------------------------------------------------------------------ step machinery
@@ -444,6 +465,28 @@ class AntsBackend:
             raise PreprocessingError(f"warped maps have shape {arrays['gmd'].shape}, expected {SPM_SHAPE}")
         with open(out, "wb") as fh:
             np.savez(fh, **arrays)
+
+
+    @staticmethod
+    def _t1w_to_mni(n4: Path, seg: Path, syn: Path, out: Path) -> None:
+        """Step 7: the skull-stripped, N4-corrected T1w on the MNI 1 mm grid by the registration's affine."""
+        import ants
+
+        # the grid in RAS voxel order for ANTs (as RAS_GRID_AFFINE for the SPM grid), x reversed at the end
+        ras = MNI1MM_AFFINE.copy()
+        ras[0, 0] = -MNI1MM_AFFINE[0, 0]
+        ras[0, 3] = MNI1MM_AFFINE[0, 3] + MNI1MM_AFFINE[0, 0] * (MNI1MM_SHAPE[0] - 1)
+        fixed = to_ants(nib.Nifti1Image(np.zeros(MNI1MM_SHAPE, np.float32), ras))
+        native = ants.image_read(str(n4))
+        mask = ants.image_read(str(seg / "brainmask.nii.gz")).numpy() > 0.5
+        brain = native.new_image_like(np.where(mask, native.numpy(), 0.0).astype(np.float32))
+        warped = ants.apply_transforms(
+            fixed=fixed, moving=brain, transformlist=[str(syn / "affine.mat")], interpolator="linear"
+        ).numpy()
+        data = np.ascontiguousarray(np.clip(warped, 0.0, None)[::-1, :, :], dtype=np.float32)
+        img = nib.Nifti1Image(data, MNI1MM_AFFINE)
+        img.header.set_xyzt_units("mm")
+        nib.save(img, out)
 
 
 def to_ants(img: nib.Nifti1Image) -> Any:

@@ -371,6 +371,8 @@ class ClinicaBackend:
     dartel_template: Path | None = None
     env: Mapping[str, str] | None = field(default=None, repr=False)
     name: ClassVar[str] = "clinica"
+    #: Clinica t1-volume makes GM maps only (no T1w in MNI 1 mm space)
+    provides: ClassVar[frozenset[str]] = frozenset({"gm_crop2", "gm_spm1"})
 
     def status(self) -> SpmStatus:
         return spm_standalone_status(self.env)

@@ -21,10 +21,25 @@ Three layouts are recognised, tried in this order for each T1w:
     (``T1ImgNewSegment/sub-01/wc1*.nii``); sessions in folders or names carrying ``ses-Y``.
 
 Maps on another grid are resampled (trilinear) onto the SPM 1.5 mm grid and say so in provenance.
+
+The T1w in MNI space (input kind ``t1w_mni1mm``, SFCN). The backend provides it only when the
+derivatives hold at least one T1w in an MNI152 space, named as fMRIPrep and this app name theirs, in
+the unit's ``anat`` folder with the T1w's entities:
+
+    ``<entities>_space-<MNI152 space>[_res-<label>]_desc-preproc_T1w.nii[.gz]``
+
+``<MNI152 space>`` is one of :data:`MNI_SPACES` (BIDS template identifiers); ``res-1`` is preferred
+when several resolutions exist. Another grid is resampled (linear) onto the 1 mm grid
+(:data:`bids_app.grid.MNI1MM_SHAPE`). A sibling ``..._desc-brain_mask.nii[.gz]`` of the same space and
+resolution (fMRIPrep writes one; its preproc T1w keeps the skull) is applied; without one the image must
+already be skull-stripped: more than :data:`SKULL_FRACTION` of its intensity outside the (dilated)
+template brain is refused, naming the file. The image is used as it is registered: fMRIPrep's are
+nonlinearly normalised, not affinely as SFCN's training images were (provenance names the file).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -35,10 +50,58 @@ from nibabel.filebasedimages import ImageFileError
 
 from .._io import sha256_file
 from ..errors import InputDataError, NoInputError, NoMatchError
-from ..grid import SPM_SHAPE, is_on_grid, to_grid
+from ..grid import SPM_SHAPE, is_on_grid, mni1mm_brain_mask, to_grid, to_mni1mm
 from ..types import GMMaps, T1wUnit
 
-__all__ = ["DerivativesBackend", "load_map"]
+__all__ = ["DerivativesBackend", "MNI_SPACES", "SKULL_FRACTION", "load_map", "load_t1w_mni"]
+
+#: BIDS template identifiers accepted for a T1w in MNI space (``space-<label>``)
+MNI_SPACES: tuple[str, ...] = (
+    "MNI152Lin", "MNI152NLin6Asym", "MNI152NLin6Sym", "MNI152NLin2009aAsym", "MNI152NLin2009aSym",
+    "MNI152NLin2009bAsym", "MNI152NLin2009bSym", "MNI152NLin2009cAsym", "MNI152NLin2009cSym",
+)
+#: share of a maskless MNI T1w's intensity allowed outside the template brain dilated by 6 mm; a head with
+#: its skull holds far more there
+SKULL_FRACTION = 0.1
+_MNI_T1W = re.compile(
+    r"_space-(?P<space>" + "|".join(MNI_SPACES) + r")(?P<res>_res-[A-Za-z0-9]+)?_desc-preproc_T1w\.nii(?:\.gz)?$"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _wide_brain() -> np.ndarray:
+    """The template brain on the 1 mm grid dilated by 6 mm: where a skull-stripped T1w ends."""
+    from scipy import ndimage
+
+    wide = ndimage.binary_dilation(mni1mm_brain_mask(), iterations=6)
+    wide.setflags(write=False)
+    return wide
+
+
+def load_t1w_mni(path: Path, mask_path: Path | None = None) -> np.ndarray:
+    """A skull-stripped T1w in MNI space as float32 on the 1 mm grid, 0 outside the brain.
+
+    ``mask_path`` (a brain mask in the same space) is applied when given; otherwise the image must be
+    skull-stripped already (:data:`SKULL_FRACTION`). Raises :class:`InputDataError` naming the file."""
+    try:
+        data = to_mni1mm(nib.load(str(path)))
+        mask = None if mask_path is None else to_mni1mm(nib.load(str(mask_path))) > 0.5
+    except (OSError, EOFError, ValueError, ImageFileError) as exc:
+        raise InputDataError(f"{path}: cannot read this T1w in MNI space ({exc})") from exc
+    data = np.clip(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), 0.0, None)
+    if mask is not None:
+        data = np.where(mask, data, np.float32(0.0))
+    total = float(data.sum(dtype=np.float64))
+    if not total > 0:
+        raise InputDataError(f"{path}: the T1w in MNI space is empty (all zero or NaN) on the 1 mm grid")
+    if mask is None:
+        outside = float(data[~_wide_brain()].sum(dtype=np.float64)) / total
+        if outside > SKULL_FRACTION:
+            raise InputDataError(
+                f"{path}: {outside:.0%} of this T1w's intensity lies outside the MNI brain, so it is not "
+                "skull-stripped, and no '_desc-brain_mask' of the same space lies beside it"
+            )
+    return np.ascontiguousarray(data, dtype=np.float32)
 
 
 def load_map(path: Path) -> tuple[np.ndarray, bool]:
@@ -83,11 +146,17 @@ class DerivativesBackend:
     name = "derivatives"
     #: maps are read, not made: no T1w processing, no cache (the maps are re-read on every run)
     reuses_existing_maps = True
+    #: GM maps only; an instance adds ``t1w_mni1mm`` when the folder holds a T1w in MNI space
+    provides: frozenset[str] = frozenset({"gm_crop2", "gm_spm1"})
 
-    def __init__(self, derivatives_dir: Path):
+    def __init__(self, derivatives_dir: Path, *, make_t1w_mni: bool = False):
         self.root = Path(derivatives_dir)
         if not self.root.is_dir():
             raise NoInputError(f"--derivatives {self.root}: no such directory")
+        #: read the T1w in MNI space into :attr:`GMMaps.t1w_mni` (only when a package needs it)
+        self.make_t1w_mni = make_t1w_mni
+        if any(_MNI_T1W.search(p.name) for p in self.root.glob("sub-*/**/*_T1w.nii*")):
+            self.provides = DerivativesBackend.provides | {"t1w_mni1mm"}
 
     def available(self) -> bool:
         return True
@@ -166,6 +235,30 @@ class DerivativesBackend:
             )
         return ("dparsf", gmd[0], gmv[0])
 
+    def _find_t1w_mni(self, unit: T1wUnit) -> tuple[Path, Path | None] | None:
+        """The unit's T1w in MNI space and its brain mask (or None), see the module docstring."""
+        anat = self.root.joinpath(unit.subdir)
+        if not anat.is_dir():
+            return None
+        entities = re.escape(unit.with_space("SPACE")).replace("SPACE", "[A-Za-z0-9]+")
+        legacy = re.escape(unit.prefix) + r"_space-[A-Za-z0-9]+"
+        pattern = re.compile(
+            f"(?:{entities}|{legacy})" + r"(?P<res>_res-[A-Za-z0-9]+)?_desc-preproc_T1w\.nii(?:\.gz)?$"
+        )
+        hits = []
+        for path in sorted(anat.iterdir()):
+            m = pattern.match(path.name)
+            space = re.search(r"_space-([A-Za-z0-9]+)", path.name)
+            if m and space and space.group(1) in MNI_SPACES:
+                rank = {"_res-1": 0, None: 1}.get(m.group("res"), 2)  # res-1 first, then no res, then others
+                hits.append((rank, path.name, path))
+        if not hits:
+            return None
+        path = min(hits)[2]
+        stem = re.sub(r"_desc-preproc_T1w\.nii(?:\.gz)?$", "_desc-brain_mask", path.name)
+        masks = [p for p in (anat / f"{stem}.nii.gz", anat / f"{stem}.nii") if p.is_file()]
+        return path, (masks[0] if masks else None)
+
     @staticmethod
     def _one(base: Path, pattern: str, must_contain: str) -> Path | None:
         hits = sorted(p for p in base.glob(pattern) if must_contain in p.name)
@@ -185,6 +278,23 @@ class DerivativesBackend:
         if gmd.shape != SPM_SHAPE or gmv.shape != SPM_SHAPE:
             raise InputDataError(f"{gmd_path}: maps could not be brought onto the SPM grid {SPM_SHAPE}")
         origin = {"caps": "clinica", "dparsf": "spm"}.get(layout) or _sidecar_backend(gmv_path)
+        t1w_mni = None
+        mni_provenance: dict[str, str | None] = {}
+        sources: tuple[Path, ...] = (gmd_path, gmv_path)
+        if self.make_t1w_mni:
+            mni = self._find_t1w_mni(unit)
+            if mni is None:
+                raise NoInputError(
+                    f"no T1w in MNI space for {unit.prefix} in {self.root / unit.subdir} (a model package reads "
+                    f"t1w_mni1mm; looked for '{unit.prefix}_space-<{'|'.join(MNI_SPACES[:2])}|...>[_res-1]"
+                    "_desc-preproc_T1w.nii.gz')"
+                )
+            t1w_mni = load_t1w_mni(*mni)
+            space = re.search(r"_space-([A-Za-z0-9]+)", mni[0].name)
+            mni_provenance = {"T1wMNIFile": str(mni[0]), "T1wMNISha256": sha256_file(mni[0]),
+                              "T1wMNISpace": space.group(1) if space else None,
+                              "T1wMNIBrainMask": str(mni[1]) if mni[1] else None}
+            sources += tuple(p for p in mni if p is not None)
         return GMMaps(
             gmd=gmd,
             gmv=gmv,
@@ -198,6 +308,8 @@ class DerivativesBackend:
                 "GMVSha256": sha256_file(gmv_path),
                 "ResampledToSPMGrid": bool(gmd_resampled or gmv_resampled),
                 "OriginalBackend": origin,
+                **mni_provenance,
             },
-            source_files=(gmd_path, gmv_path),
+            source_files=sources,
+            t1w_mni=t1w_mni,
         )
