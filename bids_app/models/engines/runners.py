@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fast import OneDNNGraphNet, fold_batchnorm, onednn_available
-from ..graph import GraphNet
+from ..fast import OneDNNGraphNet, fold_for_inference, onednn_available
 
 __all__ = ["ENGINES", "Runner", "engine_version", "installed_engines", "make_runner"]
 
@@ -100,8 +99,8 @@ def _torch_runner(net: nn.Module, engine: str, precision: str, device: torch.dev
     channels_last = engine in ("torch-fast", "torch-compile")
     if engine == "torch-fused":
         net = OneDNNGraphNet(net.float())  # type: ignore[arg-type]
-    elif channels_last and isinstance(net, GraphNet):
-        net = fold_batchnorm(net).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    elif channels_last:
+        net = fold_for_inference(net).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     for p in net.parameters():
         p.requires_grad_(False)
     if engine == "torch-compile":
