@@ -7,6 +7,8 @@ without arithmetic), so they cost nothing on a 2-core machine; arithmetic is che
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -36,7 +38,7 @@ def linear_params(n_in: int, n_out: int) -> int:
 def cnn_count(filters: list[int], n_features: int, n_outputs: int = 1) -> int:
     """CNN-k: 3^3 convs without bias, BN gamma + beta, FC F -> 128 -> 64 -> n_outputs."""
     chans = [1, *filters]
-    convs = sum(conv_params(a, b, 3, False) + 2 * b for a, b in zip(chans, chans[1:]))
+    convs = sum(conv_params(a, b, 3, False) + 2 * b for a, b in itertools.pairwise(chans))
     return convs + linear_params(n_features, 128) + linear_params(128, 64) + linear_params(64, n_outputs)
 
 
@@ -112,7 +114,7 @@ def test_liu_mox_reproduces_the_reports_weight_count():
 
 def test_sfcn_parameter_count_matches_peng():
     chans = [1, 32, 64, 128, 256, 256]
-    backbone = sum(conv_params(a, b, 3, True) + 2 * b for a, b in zip(chans, chans[1:]))
+    backbone = sum(conv_params(a, b, 3, True) + 2 * b for a, b in itertools.pairwise(chans))
     backbone += conv_params(256, 64, 1, True) + 2 * 64
     # Peng et al.'s 40 age bins: about 3 M parameters.
     peng = build_network("sfcn", n_outputs=40)
@@ -229,6 +231,12 @@ def test_batchnorm_folding_matches_eager(name, params):
     # The engine runner the predictor uses takes the same path (output flattened there).
     run = make_runner(net, "torch-fast", "fp32", torch.device("cpu"))
     torch.testing.assert_close(torch.from_numpy(run(x.numpy())), ref.reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_engine_is_refused_for_plain_networks():
+    with pytest.raises(ValueError, match=r"'torch-fused' runs layer graphs \(IRv2\) only, not SFCN"):
+        make_runner(build_network("sfcn", channels=[2, 2], input_shape=(4, 4, 4)), "torch-fused", "fp32",
+                    torch.device("cpu"))
 
 
 def test_instance_norm_is_not_folded():

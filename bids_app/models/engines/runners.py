@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..fast import OneDNNGraphNet, fold_for_inference, onednn_available
+from ..graph import GraphNet
 
 __all__ = ["ENGINES", "Runner", "engine_version", "installed_engines", "make_runner"]
 
@@ -189,6 +190,8 @@ def make_runner(net: nn.Module, engine: str, precision: str, device: torch.devic
         raise ValueError(f"engine {engine!r} runs FP32 only, not {precision}")
     if engine == "openvino" and precision == "fp16":
         raise ValueError("engine 'openvino' runs fp32 or bf16 on a CPU, not fp16")
+    if engine == "torch-fused" and not isinstance(net, GraphNet):
+        raise ValueError(f"engine 'torch-fused' runs layer graphs (IRv2) only, not {type(net).__name__}")
     if engine == "torch-fused" and not onednn_available():
         raise ValueError("this PyTorch build has no oneDNN fused-convolution operators")
     if engine == "torch-compile" and device.type == "cpu" and _compiler() is None:
