@@ -165,9 +165,9 @@ def test_wrong_input_size_is_refused_with_the_expected_shape():
 # ------------------------------------------------------------------------------- arithmetic at small widths
 
 SMALL = [
-    ("cnn", {"filters": "cnn10", "width": 0.25, "n_outputs": 2, "input_shape": [40, 48, 40]}),
+    ("cnn", {"filters": "cnn10", "width": 0.25, "n_outputs": 2, "input_shape": [32, 40, 32]}),
     ("liu_mox", {"channels": [2, 4, 8, 8], "hidden": [16, 8], "input_shape": [88, 104, 88]}),
-    ("sfcn", {"channels": [2, 4, 4, 8, 8, 4], "n_outputs": 3, "input_shape": [64, 64, 64]}),
+    ("sfcn", {"channels": [2, 4, 4, 8, 8, 4], "n_outputs": 3, "input_shape": [32, 64, 32]}),
 ]
 
 
