@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import fold_conv_batchnorm
 from .graph import GraphNet, Node, SameConv3d, same_pad_arg
 
-__all__ = ["fold_batchnorm", "OneDNNGraphNet", "onednn_available"]
+__all__ = ["fold_batchnorm", "fold_for_inference", "OneDNNGraphNet", "onednn_available"]
 
 
 def fold_batchnorm(net: GraphNet) -> GraphNet:
@@ -73,6 +74,18 @@ def fold_batchnorm(net: GraphNet) -> GraphNet:
     out.load_state_dict(new_state)
     device = next(net.parameters()).device
     return out.to(device).eval()
+
+
+def fold_for_inference(net: nn.Module) -> nn.Module:
+    """BatchNorm folded into the convolutions of any network this app builds (eval-mode copy).
+
+    A :class:`GraphNet` (IRv2, imported Keras graphs) goes through :func:`fold_batchnorm`; the plain
+    PyTorch families (CNN-5/7/10/12, SFCN; Liu/MOX has InstanceNorm, which stays) through
+    :func:`bids_app.models.blocks.fold_conv_batchnorm`.
+    """
+    if isinstance(net, GraphNet):
+        return fold_batchnorm(net)
+    return fold_conv_batchnorm(net)
 
 
 # ---------------------------------------------------------------------------------------------

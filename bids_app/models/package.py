@@ -46,9 +46,10 @@ from torch import nn
 from .. import grid
 from .._io import sha256_file, write_bytes, write_json
 from ..errors import ModelPackageError
+from .architectures import build_network
 from .device import resolve_device
 from .graph import GraphNet, nodes_from_spec
-from .irv2 import ARCHITECTURES, build_network
+from .irv2 import ARCHITECTURES
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -183,7 +184,7 @@ def _listify(v: Any) -> Any:
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
-def network_from_architecture(arch: Mapping[str, Any]) -> GraphNet:
+def network_from_architecture(arch: Mapping[str, Any]) -> nn.Module:
     """Build the (untrained) network a card's ``architecture`` section describes."""
     name = arch["name"]
     params = dict(arch.get("params", {}))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..fast import OneDNNGraphNet, fold_batchnorm, onednn_available
+from ..fast import OneDNNGraphNet, fold_for_inference, onednn_available
 from ..graph import GraphNet
 
 __all__ = ["ENGINES", "Runner", "engine_version", "installed_engines", "make_runner"]
@@ -100,8 +100,8 @@ def _torch_runner(net: nn.Module, engine: str, precision: str, device: torch.dev
     channels_last = engine in ("torch-fast", "torch-compile")
     if engine == "torch-fused":
         net = OneDNNGraphNet(net.float())  # type: ignore[arg-type]
-    elif channels_last and isinstance(net, GraphNet):
-        net = fold_batchnorm(net).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    elif channels_last:
+        net = fold_for_inference(net).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
     for p in net.parameters():
         p.requires_grad_(False)
     if engine == "torch-compile":
@@ -199,6 +199,8 @@ def make_runner(net: nn.Module, engine: str, precision: str, device: torch.devic
         raise ValueError(f"engine {engine!r} runs FP32 only, not {precision}")
     if engine == "openvino" and precision == "fp16":
         raise ValueError("engine 'openvino' runs fp32 or bf16 on a CPU, not fp16")
+    if engine == "torch-fused" and not isinstance(net, GraphNet):
+        raise ValueError(f"engine 'torch-fused' runs layer graphs (IRv2) only, not {type(net).__name__}")
     if engine == "torch-fused" and not onednn_available():
         raise ValueError("this PyTorch build has no oneDNN fused-convolution operators")
     if engine == "torch-compile" and device.type == "cpu" and _compiler() is None:
