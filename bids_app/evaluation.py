@@ -425,7 +425,10 @@ def visit_values(visits: pd.DataFrame | None, keys: pd.DataFrame, column: str) -
     pids = keys["participant_id"].astype(str).to_numpy()
     sids = keys["session_id"].astype("string").fillna("").to_numpy(dtype=object)
     base = own.reindex(pids).to_numpy(dtype=object)
-    session = ses.reindex(pd.MultiIndex.from_arrays([pids, sids])).to_numpy(dtype=object) if len(ses) else base * 0
+    if len(ses):
+        session = ses.reindex(pd.MultiIndex.from_arrays([pids, sids])).to_numpy(dtype=object)
+    else:
+        session = np.full(len(pids), None, dtype=object)
     out = np.array([s if s is not None and not pd.isna(s) else b for s, b in zip(session, base)], dtype=object)
     if numeric:
         return np.array([math.nan if v is None or pd.isna(v) else float(v) for v in out], dtype=float)
