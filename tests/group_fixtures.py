@@ -141,7 +141,8 @@ def regression_row(
         "target": head, "head": head, "head_kind": "regression", "model_family": "sfcn",
         "score": None, "predicted_label": None, "threshold": None,
         "predicted_value": value, "value_unit": value_unit,
-        "n_folds": len(folds), "fold_scores": ";".join(f"{f:.4f}" for f in folds), "fold_score_sd": float(np.std(folds)),
+        "n_folds": len(folds), "fold_scores": ";".join(f"{f:.4f}" for f in folds),
+        "fold_score_sd": float(np.std(folds)),
     })
     return row
 
