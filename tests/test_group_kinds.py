@@ -204,3 +204,13 @@ def test_old_tables_without_heads_give_the_binary_evaluation_of_today(tmp_path):
     assert not (out / "group_confusion.tsv").exists() and not (out / "group_mci.tsv").exists()
     header = (out / "group_evaluation.tsv").read_text().splitlines()[0].split("\t")
     assert header == list(EVALUATION_COLUMNS)
+
+
+def test_the_group_report_shows_the_tables_by_head_kind(kinds):
+    from bids_app.report import write_group_report
+
+    _, out, _ = kinds
+    text = write_group_report(out).read_text()
+    assert "Heads by kind" in text and "Confusion matrix: diagnosis" in text
+    assert "Brain-age gap by diagnosis" in text and "Beheshti et al. 2019" in text
+    assert "AD model applied to MCI" in text and "Multi-class and regression heads" in text
