@@ -94,11 +94,25 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
     "run_id": {"Description": "Run index of the T1w (run- entity); n/a when the name has none."},
     "source_file": {"Description": "The T1w file, relative to the input BIDS dataset."},
     "target": {
-        "Description": "What the model predicts.",
-        "Levels": {"sex": "biological sex (score = P(male))", "ad": "Alzheimer's disease (score = P(AD))"},
+        "Description": (
+            "What the row predicts: the name of the model's head (one row per T1w, model and head), e.g. sex, ad, "
+            "diagnosis (CN/MCI/AD), age, pmci."
+        ),
+    },
+    "head": {"Description": "Name of the model head that made the row (model.json 'heads'); equals target."},
+    "head_kind": {
+        "Description": "Kind of the head; n/a in tables written before heads existed (read as binary).",
+        "Levels": {
+            "binary": "score = P(positive class), predicted_label = score >= threshold",
+            "multiclass": "probabilities of every class, predicted_label = the most probable, score = its probability",
+            "regression": "predicted_value in value_unit; score, predicted_label and threshold n/a",
+        },
     },
     "model_name": {"Description": "Name of the model package (model.json 'name')."},
     "model_version": {"Description": "Version of the model package."},
+    "model_family": {
+        "Description": "Model family of the package (model.json 'family'): brainimagenet, cnn, liu_mox, sfcn, regional."
+    },
     "model_sha256": {"Description": "sha256 of the model's weights, one per fold joined by ';' in fold order."},
     "model_trained_on_synthetic": {
         "Description": "True when the model was trained on synthetic data only (demo models): not for any real use."
@@ -108,6 +122,14 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
         "Description": "Predicted class: score >= threshold.",
         "Levels": {"male": "sex model", "female": "sex model", "AD": "AD model", "CN": "AD model"},
     },
+    "probabilities": {
+        "Description": (
+            "Multi-class heads: mean over folds of each class's softmax probability, 'class=p' joined by ';' in the "
+            "head's label order (e.g. CN=0.100000;MCI=0.300000;AD=0.600000); n/a for other heads."
+        )
+    },
+    "predicted_value": {"Description": "Regression heads: mean over folds of the predicted value, in value_unit."},
+    "value_unit": {"Description": "Unit of predicted_value (e.g. years); n/a for classification heads."},
     "threshold": {"Description": "Decision threshold applied to score (--ad-threshold for AD)."},
     "n_folds": {"Description": "Number of fold models averaged."},
     "fold_scores": {"Description": "Per-fold sigmoid outputs joined by ';' in fold order."},
@@ -153,8 +175,9 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
 
 #: columns of the predictions tables that hold text (kept as strings when read back)
 _TEXT_PREDICTION_COLUMNS = (
-    "participant_id", "session_id", "run_id", "source_file", "target", "model_name", "model_version",
-    "model_sha256", "predicted_label", "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
+    "participant_id", "session_id", "run_id", "source_file", "target", "head", "head_kind", "model_name",
+    "model_version", "model_family", "model_sha256", "predicted_label", "probabilities", "value_unit",
+    "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
     "inference_engine", "model_input_mask", "warnings", "notice",
 )
 

@@ -9,6 +9,11 @@ model or looks at images. Outputs, all in ``output_dir`` and named ``group_*`` (
 * ``group_evaluation.tsv`` (+ JSON), when labels exist: per model the metrics of
   :mod:`bids_app.metrics` with 95% subsampling intervals, label counts and Spearman's r of the
   AD score with MMSE;
+* ``group_confusion.tsv`` (+ JSON), for multi-class heads: confusion matrices in long format;
+* ``group_brain_age.tsv`` and ``group_brain_age_summary.tsv`` (+ JSON), for heads predicting age:
+  the brain-age gap per visit, bias-corrected on the CN visits, and its summary by diagnosis;
+* ``group_mci.tsv`` (+ JSON), for AD heads applied to pMCI / sMCI participants: shares called AD,
+  AUC and the GLM score ~ group + age + sex (:mod:`bids_app.cohort_analyses`);
 * ``group_roc.png``, ``group_scores.png``, ``group_mmse.png`` when there is something to draw.
 
 What is evaluated and how (participants as the unit, validated vs all predictions, unlabelled
@@ -24,20 +29,35 @@ only after every new file, the report included, is in place.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .cohort_analyses import BRAIN_AGE_COLUMNS, BRAIN_AGE_SUMMARY_COLUMNS, MCI_COLUMNS, brain_age_tables, mci_table
 from .derivatives import PREDICTION_COLUMNS, write_table
 from .errors import EXIT_FAILURE, EXIT_OK, NoInputError
-from .evaluation import EVALUATION_COLUMNS, TASK_CLASSES, evaluate, model_threshold, participant_scores
+from .evaluation import (
+    CONFUSION_COLUMNS,
+    EVALUATION_COLUMNS,
+    TASK_CLASSES,
+    evaluation_tables,
+    head_kinds,
+    model_threshold,
+    participant_scores,
+    participant_table,
+    read_visit_labels,
+)
 from .labels import ParticipantLabels, read_participant_labels
 from .metrics import spearman
 from .outputs import (
+    GROUP_BRAIN_AGE,
+    GROUP_BRAIN_AGE_SUMMARY,
+    GROUP_CONFUSION,
     GROUP_EVALUATION,
     GROUP_FIGURES,
+    GROUP_MCI,
     GROUP_PREDICTIONS,
     FailureRecord,
     TableProblem,
@@ -73,6 +93,8 @@ class GroupSummary:
     failures: tuple[FailureRecord, ...]
     labels: ParticipantLabels
     problems: tuple[TableProblem, ...] = ()
+    #: further tables written (file name -> table): confusion matrices, brain age, MCI
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def n_images(self) -> int:
@@ -105,17 +127,26 @@ class GroupSummary:
         if hidden:
             lines.append(f"  ... and {hidden} more (see the group report)")
         if self.evaluation is not None and len(self.evaluation):
+            def num(value: object) -> str:
+                return "n/a" if pd.isna(value) else f"{value:.3f}"
+
             for _, r in self.evaluation[self.evaluation["subset"] == "all"].iterrows():
-                auc = "n/a" if pd.isna(r["roc_auc"]) else f"{r['roc_auc']:.3f}"
-                bac = "n/a" if pd.isna(r["balanced_accuracy"]) else f"{r['balanced_accuracy']:.3f}"
+                kind = r.get("head_kind") or "binary"
+                if kind == "regression":
+                    unit = "" if pd.isna(r["value_unit"]) else f" {r['value_unit']}"
+                    figures = f"MAE {num(r['mae'])}{unit}, r {num(r['pearson_r'])}, R^2 {num(r['r2'])}"
+                elif kind == "multiclass":
+                    figures = f"macro AUC {num(r['macro_roc_auc'])}, balanced accuracy {num(r['balanced_accuracy'])}"
+                else:
+                    figures = f"AUC {num(r['roc_auc'])}, balanced accuracy {num(r['balanced_accuracy'])}"
                 lines.append(
-                    f"  {r['target']} {r['model_name']}: AUC {auc}, balanced accuracy {bac} "
+                    f"  {r['target']} {r['model_name']}: {figures} "
                     f"({r['n_labelled']} labelled, {r['n_unlabelled']} unlabelled, {r['n_other_class']} other class)"
                 )
         else:
             lines.append("  not evaluated (no usable labels in participants.tsv, or no predictions)")
         written = [self.predictions_path, self.evaluation_path, *self.figure_paths, self.report_path]
-        names = ", ".join(str(p.relative_to(self.output_dir)) for p in written if p)
+        names = ", ".join([str(p.relative_to(self.output_dir)) for p in written if p] + list(self.tables))
         lines.append(f"Outputs: {names} in {self.output_dir}")
         return "\n".join(lines)
 
@@ -160,11 +191,22 @@ def _figures(predictions: pd.DataFrame, labels: ParticipantLabels) -> dict[str, 
     return made
 
 
+#: the further group tables, by file name, with their column descriptions
+_ANALYSIS_TABLES: dict[str, dict] = {
+    GROUP_CONFUSION: CONFUSION_COLUMNS,
+    GROUP_BRAIN_AGE: BRAIN_AGE_COLUMNS,
+    GROUP_BRAIN_AGE_SUMMARY: BRAIN_AGE_SUMMARY_COLUMNS,
+    GROUP_MCI: MCI_COLUMNS,
+}
+
+
 def _remove_stale(output_dir: Path, keep: set[Path]) -> None:
     """Remove group files of an earlier run that this run did not rewrite (e.g. an evaluation
     table from when participants.tsv still had labels), so the outputs always agree. Called only
     once everything this run writes is in place."""
-    owned = [output_dir / GROUP_EVALUATION, output_dir / GROUP_EVALUATION.replace(".tsv", ".json")]
+    owned = [output_dir / name for name in _ANALYSIS_TABLES]
+    owned += [path.with_suffix(".json") for path in owned]
+    owned += [output_dir / GROUP_EVALUATION, output_dir / GROUP_EVALUATION.replace(".tsv", ".json")]
     owned += [output_dir / name for name in GROUP_FIGURES.values()]
     keep_all = set(keep) | {k.with_suffix(".json") for k in keep if k.suffix == ".tsv"}
     for path in owned:
@@ -198,13 +240,26 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
     if len(failures) > _MAX_LOGGED:
         logger.warning("... and %d more T1w without predictions (see the group report)", len(failures) - _MAX_LOGGED)
     labels = read_participant_labels(bids_dir)
+    visits = read_visit_labels(bids_dir, labels)
+    kinds = set(head_kinds(predictions)) if len(predictions) else set()
+    # age evaluates regression heads, MCI progression binary heads; neither alone evaluates anything else
+    has_visit_labels = bool(len(visits)) and bool(
+        ("regression" in kinds and visits["age"].notna().any())
+        or ("binary" in kinds and visits["mci_progression"].notna().any())
+    )
 
     # 1. compute everything (a failure here leaves every earlier group file as it was)
     evaluation = None
     made: dict[str, object] = {}
-    if labels.has_labels and not predictions.empty:
-        evaluation = evaluate(predictions, labels)
+    tables: dict[str, pd.DataFrame] = {}
+    if (labels.has_labels or has_visit_labels) and not predictions.empty:
+        evaluation, confusion = evaluation_tables(predictions, labels, visits=visits, threads=None)
         made = _figures(predictions, labels)
+        brain_age, brain_age_summary = brain_age_tables(predictions, visits)
+        mci = mci_table(predictions, participant_table(labels, visits), visits)
+        found_tables = {GROUP_CONFUSION: confusion, GROUP_BRAIN_AGE: brain_age,
+                        GROUP_BRAIN_AGE_SUMMARY: brain_age_summary, GROUP_MCI: mci}
+        tables = {name: table for name, table in found_tables.items() if len(table)}
     elif predictions.empty:
         logger.info("no predictions to evaluate")
     else:
@@ -215,13 +270,14 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
     eval_path = None
     if evaluation is not None:
         eval_path = write_table(output_dir / GROUP_EVALUATION, evaluation, EVALUATION_COLUMNS)
+    table_paths = [write_table(output_dir / name, table, _ANALYSIS_TABLES[name]) for name, table in tables.items()]
     figure_paths = [figure_io.save_png(fig, output_dir / GROUP_FIGURES[key]) for key, fig in made.items()]
     report_path = None
     if report:
         from .report import write_group_report
 
         report_path = write_group_report(output_dir, problems=found.problems)  # reads the files just written
-    _remove_stale(output_dir, keep={pred_path, *([eval_path] if eval_path else []), *figure_paths})
+    _remove_stale(output_dir, keep={pred_path, *([eval_path] if eval_path else []), *figure_paths, *table_paths})
     summary = GroupSummary(
         output_dir=output_dir,
         predictions_path=pred_path,
@@ -233,6 +289,7 @@ def run_group_level(bids_dir: Path, output_dir: Path, *, report: bool = True) ->
         failures=failures,
         labels=labels,
         problems=found.problems,
+        tables=tables,
     )
     logger.info(
         "group level: %d T1w from %d participants, %d failed, %d tables not usable; wrote %s%s",

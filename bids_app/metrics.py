@@ -1,4 +1,4 @@
-"""Evaluation metrics for binary predictions, with the reference paper's subsampling intervals.
+"""Evaluation metrics for binary, multi-class and regression predictions, with subsampling intervals.
 
 The group level (and the training helpers) score a model by comparing its per-participant scores
 with labels from ``participants.tsv``. Definitions, for labels ``y`` (1 = positive: male for the
@@ -11,7 +11,12 @@ sex model, AD for the AD model) and predictions ``score >= threshold`` (the same
 * balanced accuracy = (sensitivity + specificity) / 2   (NaN when either is)
 * ROC AUC from scikit-learn            (NaN when only one class is present)
 
-Intervals follow Lu et al. 2022 (J Big Data, "A practical Alzheimer's disease classifier..."): the
+Multi-class heads (:func:`multiclass_metrics`; predicted class = argmax of the probabilities):
+accuracy, balanced accuracy (mean per-class recall), one-vs-rest ROC AUC of each class and their
+unweighted (macro) mean, as the Liu et al. / MOX reproduction reports them, and the confusion matrix.
+Regression heads (:func:`regression_metrics`): mean absolute error, Pearson's r, R^2.
+
+Intervals (for every kind) follow Lu et al. 2022 (J Big Data, "A practical Alzheimer's disease classifier..."): the
 metrics are recomputed on 1,000 random subsamples holding 50% of the participants, drawn without
 replacement, and the 2.5th and 97.5th percentiles of those values give the 95% interval. This is a
 subsampling (not bootstrap) interval; with half the data per draw it is wider than a bootstrap
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -35,10 +40,25 @@ from sklearn.metrics import roc_auc_score
 
 from .errors import InputDataError, UsageError
 
-__all__ = ["METRIC_NAMES", "binary_metrics", "subsample_intervals", "spearman"]
+__all__ = [
+    "METRIC_NAMES",
+    "MULTICLASS_METRIC_NAMES",
+    "REGRESSION_METRIC_NAMES",
+    "binary_metrics",
+    "subsample_intervals",
+    "multiclass_metrics",
+    "multiclass_subsample_intervals",
+    "regression_metrics",
+    "regression_subsample_intervals",
+    "spearman",
+]
 
 #: the metrics that :func:`subsample_intervals` gives intervals for, in table order
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc")
+#: the scalar metrics of :func:`multiclass_metrics` with intervals (per-class AUCs come beside them)
+MULTICLASS_METRIC_NAMES: tuple[str, ...] = ("accuracy", "balanced_accuracy", "macro_roc_auc")
+#: the metrics of :func:`regression_metrics`, in table order
+REGRESSION_METRIC_NAMES: tuple[str, ...] = ("mae", "pearson_r", "r2")
 
 
 def _check_inputs(y_true: ArrayLike, score: ArrayLike, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -167,24 +187,35 @@ def subsample_intervals(
         metric name (:data:`METRIC_NAMES`) -> ``(low, high)``.
     """
     y, s = _check_inputs(y_true, score, threshold)
+    _check_subsampling(n_resamples, fraction, level)
+    if y.size == 0:
+        return {name: _NAN_PAIR for name in METRIC_NAMES}
+    m = max(1, int(round(fraction * y.size)))
+    values = _subsample_metrics(y, s, threshold, int(n_resamples), m, np.random.default_rng(seed))
+    return _percentile_intervals(values, level)
+
+
+_NAN_PAIR = (math.nan, math.nan)
+
+
+def _check_subsampling(n_resamples: int, fraction: float, level: float) -> None:
     if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
         raise UsageError(f"n_resamples must be a positive integer; got {n_resamples!r}")
     if not 0.0 < fraction <= 1.0:
         raise UsageError(f"fraction must be in (0, 1]; got {fraction!r}")
     if not 0.0 < level < 1.0:
         raise UsageError(f"level must be in (0, 1); got {level!r}")
-    nan_pair = (math.nan, math.nan)
-    if y.size == 0:
-        return {name: nan_pair for name in METRIC_NAMES}
-    m = max(1, int(round(fraction * y.size)))
-    values = _subsample_metrics(y, s, threshold, int(n_resamples), m, np.random.default_rng(seed))
+
+
+def _percentile_intervals(values: dict[str, np.ndarray], level: float) -> dict[str, tuple[float, float]]:
+    """``(1 - level) / 2`` and ``(1 + level) / 2`` percentiles of each metric's subsample values,
+    undefined (NaN) values left out; ``(nan, nan)`` when no subsample defines the metric."""
     q = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
     out: dict[str, tuple[float, float]] = {}
-    for name in METRIC_NAMES:
-        v = values[name]
+    for name, v in values.items():
         v = v[np.isfinite(v)]
         if v.size == 0:
-            out[name] = nan_pair
+            out[name] = _NAN_PAIR
         else:
             lo, hi = np.percentile(v, q)
             out[name] = (float(lo), float(hi))
@@ -258,6 +289,211 @@ def _subsample_metrics(
             "roc_auc": auc,
         })
     return {name: np.concatenate([p[name] for p in parts]) for name in METRIC_NAMES}
+
+
+# -- multi-class and regression ----------------------------------------------------------------------
+def _subsample_index_chunks(
+    n: int, m: int, n_resamples: int, rng: np.random.Generator, bytes_per_item: int
+) -> Iterator[np.ndarray]:
+    """Index arrays (rows, m) of ``n_resamples`` random subsets of ``m`` of ``n`` items, in chunks.
+
+    The same draw as :func:`_subsample_metrics`: subset ``r`` holds the ``m`` items with the
+    smallest keys in row ``r`` of ``rng.random((n_resamples, n))``, so a seed gives the same
+    participants to every kind of metric. ``bytes_per_item`` bounds a chunk's working memory.
+    """
+    chunk = max(1, min(n_resamples, _CHUNK_BYTES // (max(8, bytes_per_item) * n)))
+    for first in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - first)
+        keys = rng.random((rows, n))
+        if m < n:
+            yield np.argpartition(keys, m - 1, axis=1)[:, :m]
+        else:
+            yield np.broadcast_to(np.arange(n), (rows, n))
+
+
+def _rank_auc(y_pos: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row (Mann-Whitney form, ties given average ranks); NaN without both classes."""
+    n_pos = y_pos.sum(axis=1).astype(float)
+    n_neg = y_pos.shape[1] - n_pos
+    ranks = stats.rankdata(s, axis=1)
+    u = np.where(y_pos, ranks, 0.0).sum(axis=1) - n_pos * (n_pos + 1) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+
+
+def _check_multiclass(y_true: ArrayLike, probabilities: ArrayLike, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    p = np.asarray(probabilities, dtype=float)
+    if y.ndim != 1 or p.ndim != 2 or p.shape != (y.size, n_classes):
+        raise InputDataError(
+            f"y_true must be 1-D and probabilities (n, {n_classes}); got shapes {y.shape} and {p.shape}"
+        )
+    try:
+        yf = y.astype(float)
+    except (TypeError, ValueError) as exc:
+        raise InputDataError(f"y_true must hold class indices 0..{n_classes - 1}; got dtype {y.dtype}") from exc
+    if np.isnan(yf).any() or np.isnan(p).any():
+        raise InputDataError("y_true and probabilities must not contain NaN; remove unlabelled rows first")
+    bad = set(np.unique(yf).tolist()) - set(range(n_classes))
+    if bad:
+        raise InputDataError(f"y_true must hold class indices 0..{n_classes - 1}; got also {sorted(bad)}")
+    return yf.astype(int), p
+
+
+def _multiclass_batch(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """Metrics of :func:`multiclass_metrics` for many subsamples: ``y`` (R, m) class indices,
+    ``p`` (R, m, k) probabilities. Per-class AUCs under the keys ``roc_auc_<index>``."""
+    k = p.shape[2]
+    pred = p.argmax(axis=2)
+    correct = pred == y
+    recalls, aucs = [], []
+    for c in range(k):
+        is_c = y == c
+        n_c = is_c.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(np.where(n_c > 0, (correct & is_c).sum(axis=1) / n_c, np.nan))
+        aucs.append(_rank_auc(is_c, p[:, :, c]))
+    rec, auc = np.stack(recalls, axis=1), np.stack(aucs, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows give NaN, as they should
+        out = {
+            "accuracy": correct.mean(axis=1),
+            "balanced_accuracy": np.nanmean(rec, axis=1),
+            "macro_roc_auc": np.nanmean(auc, axis=1),
+        }
+    out.update({f"roc_auc_{c}": auc[:, c] for c in range(k)})
+    return out
+
+
+def multiclass_metrics(y_true: ArrayLike, probabilities: ArrayLike, classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, one-vs-rest ROC AUC per class and their macro mean, confusion matrix.
+
+    Parameters
+    ----------
+    y_true : array of int
+        True class of each participant as an index into ``classes``.
+    probabilities : array (n, k)
+        Predicted probability of each class (a softmax output); the predicted class is the argmax.
+    classes : sequence of str
+        Class names in column order.
+
+    Returns
+    -------
+    dict
+        ``n``; ``accuracy``; ``balanced_accuracy`` (mean recall over the classes present in
+        ``y_true``: scikit-learn's definition); ``roc_auc_per_class`` (class -> AUC of that class's
+        probability, the class against all others; NaN when the class is absent or alone);
+        ``macro_roc_auc`` (the unweighted mean of the defined per-class AUCs: scikit-learn's
+        ``multi_class="ovr", average="macro"`` when every class is present); ``confusion``
+        (k x k counts, rows = true class, columns = predicted class, in ``classes`` order).
+    """
+    k = len(classes)
+    y, p = _check_multiclass(y_true, probabilities, k)
+    if y.size == 0:
+        nan = math.nan
+        return {"n": 0.0, "accuracy": nan, "balanced_accuracy": nan, "macro_roc_auc": nan,
+                "roc_auc_per_class": dict.fromkeys(classes, nan), "confusion": np.zeros((k, k), dtype=int)}
+    batch = _multiclass_batch(y[None, :], p[None, :, :])
+    confusion = np.zeros((k, k), dtype=int)
+    np.add.at(confusion, (y, p.argmax(axis=1)), 1)
+    return {
+        "n": float(y.size),
+        "accuracy": float(batch["accuracy"][0]),
+        "balanced_accuracy": float(batch["balanced_accuracy"][0]),
+        "macro_roc_auc": float(batch["macro_roc_auc"][0]),
+        "roc_auc_per_class": {c: float(batch[f"roc_auc_{i}"][0]) for i, c in enumerate(classes)},
+        "confusion": confusion,
+    }
+
+
+def multiclass_subsample_intervals(
+    y_true: ArrayLike,
+    probabilities: ArrayLike,
+    classes: Sequence[str],
+    *,
+    n_resamples: int = 1000,
+    fraction: float = 0.5,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Intervals of :data:`MULTICLASS_METRIC_NAMES` and of each class's AUC (key ``roc_auc_<class>``),
+    by the same subsampling as :func:`subsample_intervals` (same draws for the same seed)."""
+    k = len(classes)
+    y, p = _check_multiclass(y_true, probabilities, k)
+    _check_subsampling(n_resamples, fraction, level)
+    names = [*MULTICLASS_METRIC_NAMES, *(f"roc_auc_{c}" for c in classes)]
+    if y.size == 0:
+        return dict.fromkeys(names, _NAN_PAIR)
+    m = max(1, int(round(fraction * y.size)))
+    parts = [
+        _multiclass_batch(y[idx], p[idx])
+        for idx in _subsample_index_chunks(y.size, m, int(n_resamples), np.random.default_rng(seed), 16 * (k + 2))
+    ]
+    values = {name: np.concatenate([part[name] for part in parts]) for name in MULTICLASS_METRIC_NAMES}
+    values.update({f"roc_auc_{c}": np.concatenate([part[f"roc_auc_{i}"] for part in parts])
+                   for i, c in enumerate(classes)})
+    return _percentile_intervals(values, level)
+
+
+def _check_regression(y_true: ArrayLike, predicted: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=float)
+    v = np.asarray(predicted, dtype=float)
+    if y.ndim != 1 or y.shape != v.shape:
+        raise InputDataError(f"y_true and predicted must be 1-D of the same length; got {y.shape} and {v.shape}")
+    if not (np.isfinite(y).all() and np.isfinite(v).all()):
+        raise InputDataError("y_true and predicted must be finite; remove rows without a value first")
+    return y, v
+
+
+def _regression_batch(y: np.ndarray, v: np.ndarray) -> dict[str, np.ndarray]:
+    """MAE, Pearson r and R^2 of each row of ``y`` and ``v`` (R, m)."""
+    err = v - y
+    yc = y - y.mean(axis=1, keepdims=True)
+    vc = v - v.mean(axis=1, keepdims=True)
+    ss_tot = (yc * yc).sum(axis=1)
+    ss_v = (vc * vc).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where((ss_tot > 0) & (ss_v > 0), (yc * vc).sum(axis=1) / np.sqrt(ss_tot * ss_v), np.nan)
+        r2 = np.where(ss_tot > 0, 1.0 - (err * err).sum(axis=1) / ss_tot, np.nan)
+    return {"mae": np.abs(err).mean(axis=1), "pearson_r": r, "r2": r2}
+
+
+def regression_metrics(y_true: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
+    """Mean absolute error, Pearson's r and the coefficient of determination R^2 of ``predicted``.
+
+    R^2 = 1 - sum((predicted - y)^2) / sum((y - mean(y))^2) (scikit-learn's ``r2_score``: it is not
+    r^2 and is negative for predictions worse than the mean). ``n`` is returned as a float; r is
+    NaN with fewer than 2 values or a constant variable, R^2 NaN when ``y_true`` is constant.
+    """
+    y, v = _check_regression(y_true, predicted)
+    if y.size == 0:
+        return {"n": 0.0, "mae": math.nan, "pearson_r": math.nan, "r2": math.nan}
+    batch = _regression_batch(y[None, :], v[None, :])
+    return {"n": float(y.size), **{name: float(batch[name][0]) for name in REGRESSION_METRIC_NAMES}}
+
+
+def regression_subsample_intervals(
+    y_true: ArrayLike,
+    predicted: ArrayLike,
+    *,
+    n_resamples: int = 1000,
+    fraction: float = 0.5,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Intervals of :data:`REGRESSION_METRIC_NAMES` by the subsampling of :func:`subsample_intervals`."""
+    y, v = _check_regression(y_true, predicted)
+    _check_subsampling(n_resamples, fraction, level)
+    if y.size == 0:
+        return dict.fromkeys(REGRESSION_METRIC_NAMES, _NAN_PAIR)
+    m = max(1, int(round(fraction * y.size)))
+    parts = [
+        _regression_batch(y[idx], v[idx])
+        for idx in _subsample_index_chunks(y.size, m, int(n_resamples), np.random.default_rng(seed), 64)
+    ]
+    return _percentile_intervals(
+        {name: np.concatenate([part[name] for part in parts]) for name in REGRESSION_METRIC_NAMES}, level
+    )
 
 
 def spearman(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:

@@ -33,6 +33,10 @@ __all__ = [
     "GROUP_PREDICTIONS",
     "GROUP_EVALUATION",
     "GROUP_FIGURES",
+    "GROUP_CONFUSION",
+    "GROUP_BRAIN_AGE",
+    "GROUP_BRAIN_AGE_SUMMARY",
+    "GROUP_MCI",
     "PREDICTIONS_SUFFIX",
     "FAILURE_SUFFIX",
     "REQUIRED_PREDICTION_COLUMNS",
@@ -50,6 +54,10 @@ logger = logging.getLogger(__name__)
 GROUP_PREDICTIONS = "group_predictions.tsv"
 GROUP_EVALUATION = "group_evaluation.tsv"
 GROUP_FIGURES = {"roc": "group_roc.png", "scores": "group_scores.png", "mmse": "group_mmse.png"}
+GROUP_CONFUSION = "group_confusion.tsv"
+GROUP_BRAIN_AGE = "group_brain_age.tsv"
+GROUP_BRAIN_AGE_SUMMARY = "group_brain_age_summary.tsv"
+GROUP_MCI = "group_mci.tsv"
 
 PREDICTIONS_SUFFIX = "_predictions.tsv"
 FAILURE_SUFFIX = "_failure.json"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+import pandas as pd
 
 from bids_app import RESEARCH_USE_NOTICE
 from bids_app.derivatives import (
@@ -24,7 +25,17 @@ from bids_app.derivatives import (
 )
 from bids_app.types import T1wUnit
 
-__all__ = ["make_unit", "prediction_row", "write_unit", "write_maps", "init_output"]
+__all__ = [
+    "make_unit",
+    "prediction_row",
+    "multiclass_row",
+    "regression_row",
+    "LEGACY_COLUMNS",
+    "write_legacy_unit",
+    "write_unit",
+    "write_maps",
+    "init_output",
+]
 
 
 def make_unit(bids_dir: Path, sub: str, ses: str | None = None, run: str | None = None) -> T1wUnit:
@@ -59,12 +70,18 @@ def prediction_row(
         "run_id": unit.run,
         "source_file": str(unit.path.relative_to(bids_dir)),
         "target": task,
+        "head": task,
+        "head_kind": "binary",
         "model_name": model_name or f"test-{task}",
         "model_version": model_version,
+        "model_family": "brainimagenet",
         "model_sha256": "ab" * 32 if task == "sex" else ";".join(["cd" * 32] * 5),
         "model_trained_on_synthetic": synthetic,
         "score": score,
         "predicted_label": label,
+        "probabilities": None,
+        "predicted_value": None,
+        "value_unit": None,
         "threshold": threshold,
         "n_folds": len(folds),
         "fold_scores": ";".join(f"{f:.4f}" for f in folds),
@@ -82,6 +99,65 @@ def prediction_row(
     }
     assert set(row) == set(PREDICTION_COLUMNS)
     return row
+
+
+def multiclass_row(
+    unit: T1wUnit,
+    bids_dir: Path,
+    probabilities: dict[str, float],
+    *,
+    head: str = "diagnosis",
+    model_name: str = "test-liu-mox",
+    validated: bool = True,
+) -> dict[str, Any]:
+    """A multi-class head's row as the contract of issue 15 has it (one fold per class shift)."""
+    row = prediction_row(unit, bids_dir, "ad", 0.5, model_name=model_name, validated=validated)
+    best = max(probabilities, key=lambda c: probabilities[c])
+    folds = [probabilities[best] + d for d in (-0.01, 0.0, 0.01)]
+    row.update({
+        "target": head, "head": head, "head_kind": "multiclass", "model_family": "liu_mox",
+        "score": probabilities[best], "predicted_label": best,
+        "probabilities": ";".join(f"{c}={p:.6f}" for c, p in probabilities.items()),
+        "threshold": None, "n_folds": len(folds), "fold_scores": ";".join(f"{f:.6f}" for f in folds),
+        "fold_score_sd": float(np.std(folds)), "model_sha256": ";".join(["ef" * 32] * len(folds)),
+    })
+    return row
+
+
+def regression_row(
+    unit: T1wUnit,
+    bids_dir: Path,
+    value: float,
+    *,
+    head: str = "age",
+    value_unit: str = "years",
+    model_name: str = "test-sfcn",
+    validated: bool = True,
+) -> dict[str, Any]:
+    """A regression head's row as the contract of issue 15 has it: score, label and threshold n/a."""
+    row = prediction_row(unit, bids_dir, "sex", 0.5, model_name=model_name, validated=validated)
+    folds = [value - 1.0, value, value + 1.0]
+    row.update({
+        "target": head, "head": head, "head_kind": "regression", "model_family": "sfcn",
+        "score": None, "predicted_label": None, "threshold": None,
+        "predicted_value": value, "value_unit": value_unit,
+        "n_folds": len(folds), "fold_scores": ";".join(f"{f:.4f}" for f in folds),
+        "fold_score_sd": float(np.std(folds)),
+    })
+    return row
+
+
+#: the columns of the predictions tables before issue 15 (no heads): old outputs must still be read
+LEGACY_COLUMNS = [c for c in PREDICTION_COLUMNS if c not in {
+    "head", "head_kind", "model_family", "probabilities", "predicted_value", "value_unit"}]
+
+
+def write_legacy_unit(out_dir: Path, unit: T1wUnit, rows: Iterable[dict[str, Any]]) -> Path:
+    """A predictions table with the pre-heads header (written as the app wrote it then: TSV, n/a)."""
+    path = predictions_path(out_dir, unit)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(list(rows)).reindex(columns=LEGACY_COLUMNS).to_csv(path, sep="\t", index=False, na_rep="n/a")
+    return path
 
 
 def write_unit(out_dir: Path, unit: T1wUnit, rows: Iterable[dict[str, Any]]) -> Path:

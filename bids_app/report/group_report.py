@@ -105,6 +105,8 @@ class GroupReportInputs:
     labels: pd.DataFrame | None = None
     #: predictions tables the group level could not use (anything with ``path``, ``participant_id``, ``reason``)
     problems: Sequence[FailureLike] = ()
+    #: further group tables by file name (group_confusion.tsv, group_brain_age_summary.tsv, group_mci.tsv)
+    tables: Mapping[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def _truthy(series: pd.Series) -> pd.Series:
@@ -140,11 +142,17 @@ def _inputs_from_files(output_dir: Path) -> GroupReportInputs:
         evaluation = pd.read_csv(eval_path, sep="\t", na_values=["n/a"], keep_default_na=False,
                                  dtype={"model_version": "string"})
         descriptions = readers.read_json(eval_path.with_suffix(".json")) or {}
-    from ..outputs import collect_failures
+    from ..outputs import GROUP_BRAIN_AGE_SUMMARY, GROUP_CONFUSION, GROUP_MCI, collect_failures
 
+    tables = {
+        name: pd.read_csv(output_dir / name, sep="\t", na_values=["n/a"], keep_default_na=False,
+                          dtype={"model_version": "string"})
+        for name in (GROUP_CONFUSION, GROUP_BRAIN_AGE_SUMMARY, GROUP_MCI) if (output_dir / name).is_file()
+    }
     return GroupReportInputs(
         predictions=read_predictions(pred_path),
         evaluation=evaluation,
+        tables=tables,
         evaluation_descriptions=descriptions,
         figures={k: output_dir / n for k, n in _FIGURE_FILES.items() if (output_dir / n).is_file()},
         failures=collect_failures(output_dir),
@@ -214,6 +222,12 @@ def _evaluation(evaluation: pd.DataFrame | None, descriptions: Mapping[str, Any]
             ),
             anchor="evaluation",
         )
+    kinds = evaluation["head_kind"].fillna("binary") if "head_kind" in evaluation else pd.Series("binary",
+                                                                                              index=evaluation.index)
+    others = evaluation[kinds != "binary"]
+    evaluation = evaluation[kinds == "binary"]
+    if evaluation.empty:
+        return html.section("Evaluation", _other_heads(others), anchor="evaluation")
     rows = []
     for _, r in evaluation.iterrows():
         row: dict[str, Any] = {
@@ -245,8 +259,78 @@ def _evaluation(evaluation: pd.DataFrame | None, descriptions: Mapping[str, Any]
         "<p>Rows <em>validated</em> use only predictions made under the model's validated conditions; rows "
         "<em>all</em> use every prediction. One score per participant (mean over their T1w). Participants "
         "without a usable label are counted, never guessed.</p>",
+        _other_heads(others),
         anchor="evaluation",
     )
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{float(value):.{digits}f}"
+
+
+def _ci(row: pd.Series, name: str) -> str:
+    value = _num(row[name])
+    lo, hi = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+    return value if value == "n/a" or pd.isna(lo) or pd.isna(hi) else f"{value} [{_num(lo)}, {_num(hi)}]"
+
+
+def _other_heads(evaluation: pd.DataFrame) -> str:
+    """Multi-class and regression heads: their own metrics, one row per head and subset."""
+    if evaluation.empty:
+        return ""
+    rows = []
+    for _, r in evaluation.iterrows():
+        if r["head_kind"] == "multiclass":
+            figures = {"metrics": f"macro AUC {_ci(r, 'macro_roc_auc')}; BAC {_ci(r, 'balanced_accuracy')}; "
+                                  f"ACC {_ci(r, 'accuracy')}",
+                       "detail": f"per class AUC: {r['per_class_roc_auc']}"}
+        else:
+            unit = "" if pd.isna(r.get("value_unit")) else f" {r['value_unit']}"
+            figures = {"metrics": f"MAE {_ci(r, 'mae')}{unit}; r {_ci(r, 'pearson_r')}; R^2 {_ci(r, 'r2')}",
+                       "detail": "per visit (participant and session)"}
+        rows.append({"head": f"{r['target']}: {_model_name(r['model_name'], r['model_version'])}",
+                     "kind": r["head_kind"], "subset": r["subset"], "labelled": int(r["n_labelled"]),
+                     "unlabelled": int(r["n_unlabelled"]), **figures})
+    return "<h3>Multi-class and regression heads</h3>" + html.table(rows, list(rows[0]))
+
+
+def _head_tables(tables: Mapping[str, pd.DataFrame]) -> str:
+    """Confusion matrices, the brain-age gap by diagnosis and the AD model on MCI, when written."""
+    parts = []
+    confusion = tables.get("group_confusion.tsv")
+    if confusion is not None and len(confusion):
+        for (name, version, head), g in confusion[confusion["subset"] == "all"].groupby(
+                ["model_name", "model_version", "head"], sort=True, dropna=False):
+            order = list(dict.fromkeys(g["true"]))
+            m = g.pivot(index="true", columns="predicted", values="n").reindex(index=order, columns=order)
+            rows = [{"true / predicted": t, **{p: int(m.loc[t, p]) for p in order}} for t in order]
+            parts += [f"<h3>Confusion matrix: {html.esc(head)}: {html.esc(_model_name(name, version))} (all)</h3>",
+                      html.table(rows, list(rows[0]))]
+    summary = tables.get("group_brain_age_summary.tsv")
+    if summary is not None and len(summary):
+        rows = [{"head": f"{r.head}: {_model_name(r.model_name, r.model_version)}", "subset": r.subset,
+                 "diagnosis": r.diagnosis, "n": int(r.n), "mean age": _num(r.mean_age, 1),
+                 "gap (raw)": f"{_num(r.mean_gap, 2)} (sd {_num(r.sd_gap, 2)})",
+                 "gap (corrected)": f"{_num(r.mean_corrected_gap, 2)} [{_num(r.corrected_gap_ci_low, 2)}, "
+                                    f"{_num(r.corrected_gap_ci_high, 2)}]",
+                 "bias fit": f"a={_num(r.bias_slope)}, b={_num(r.bias_intercept, 2)}, n={int(r.n_bias_fit)}"}
+                for r in summary.itertuples(index=False)]
+        from ..cohort_analyses import BIAS_CORRECTION
+
+        parts += ["<h3>Brain-age gap by diagnosis (years)</h3>", html.table(rows, list(rows[0])),
+                  f"<p>{html.esc(BIAS_CORRECTION)}</p>"]
+    mci = tables.get("group_mci.tsv")
+    if mci is not None and len(mci):
+        rows = [{"head": f"{r.head}: {_model_name(r.model_name, r.model_version)}", "subset": r.subset,
+                 "statistic": r.statistic, "term": r.term, "threshold": _num(r.threshold, 2), "n": int(r.n),
+                 "value [95% CI]": f"{_num(r.value)} [{_num(r.ci_low)}, {_num(r.ci_high)}]",
+                 "p": _num(r.p_value, 4)} for r in mci.itertuples(index=False)]
+        parts += ["<h3>AD model applied to MCI (pMCI / sMCI)</h3>", html.table(rows, list(rows[0])),
+                  "<p>Shares called AD at the recorded and the screening (0.3) threshold, Wilson intervals; "
+                  "the ROC AUC of pMCI against sMCI; OLS score ~ group + age + sex (statsmodels).</p>"]
+    if not parts:
+        return ""
+    return html.section("Heads by kind", *parts, anchor="heads")
 
 
 def _score_summary(pred: pd.DataFrame) -> str:
@@ -499,10 +583,12 @@ def write_group_report(output_dir: Path, inputs: GroupReportInputs | None = None
     pred = inputs.predictions
     images = _images(pred)
     explain_html, explain_sides = _mean_explanations(output_dir, pred, inputs.labels)
+    heads = _head_tables(inputs.tables)
     body = [
         *_notices(pred),
         _overview(pred, images, inputs.failures),
         _evaluation(inputs.evaluation, inputs.evaluation_descriptions),
+        *([heads] if heads else []),
         _figures(inputs.figures),
         _score_summary(pred),
     ]
@@ -512,7 +598,10 @@ def write_group_report(output_dir: Path, inputs: GroupReportInputs | None = None
         body.append(_unused_tables(inputs.problems))
     body += [_qc(output_dir, images, inputs.failures), _methods(output_dir, pred, images, inputs, explain_sides),
              _provenance(pred, inputs)]
-    anchors = [("overview", "Overview"), ("evaluation", "Evaluation"), ("figures", "Figures"), ("scores", "Scores")]
+    anchors = [("overview", "Overview"), ("evaluation", "Evaluation")]
+    if heads:
+        anchors.append(("heads", "Heads"))
+    anchors += [("figures", "Figures"), ("scores", "Scores")]
     if explain_html:
         anchors.append(("explanations", "Explanations"))
     anchors += [("qc", "QC"), ("methods", "Methods"), ("provenance", "Provenance")]
