@@ -39,6 +39,8 @@ __all__ = [
     "CROP",
     "MODEL_INPUT_SHAPE",
     "CHANNELS",
+    "MNI1MM_SHAPE",
+    "MNI1MM_AFFINE",
     "MASK_PROVENANCE",
     "BRAIN_MASK_ENV",
     "model_input_mask",
@@ -69,6 +71,17 @@ CROP: tuple[slice, slice, slice] = (slice(12, 108), slice(13, 133), slice(16, 10
 MODEL_INPUT_SHAPE: tuple[int, int, int, int] = (2, 96, 120, 86)
 #: Channel order of the model input: channel 0 = GM density (wc1), channel 1 = GM volume (mwc1).
 CHANNELS: tuple[str, str] = ("GMD", "GMV")
+
+#: MNI152 1 mm grid (FSL's MNI152_T1_1mm: 182 x 218 x 182) that the SFCN input (``t1w_mni1mm``) is on.
+MNI1MM_SHAPE: tuple[int, int, int] = (182, 218, 182)
+MNI1MM_AFFINE: np.ndarray = np.array(
+    [
+        [-1.0, 0.0, 0.0, 90.0],
+        [0.0, 1.0, 0.0, -126.0],
+        [0.0, 0.0, 1.0, -72.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
 
 MASK_PROVENANCE = {
     "BrainMask": "nilearn MNI152 (2009) brain mask, trilinear to the SPM 1.5 mm grid, > 0.5",
