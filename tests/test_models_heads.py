@@ -186,7 +186,8 @@ def test_schema1_demo_packages_load_as_one_binary_head(tmp_path):
         pkg = load_package(DEMO / task)
         assert (pkg.schema_version, pkg.family, pkg.input_kind) == (1, "brainimagenet", "gm_crop2")
         (head,) = pkg.heads
-        assert (head.name, head.kind, head.target, head.outputs, head.labels) == (task, "binary", target, (0, 1), labels)
+        got = (head.name, head.kind, head.target, head.outputs, head.labels)
+        assert got == (task, "binary", target, (0, 1), labels)
         assert pkg.positive_label == labels[1] and pkg.negative_label == labels[0]
         assert head.thresholds == pkg.thresholds == {k: float(v) for k, v in card["thresholds"].items()}
         up = upgrade_card(card)
@@ -212,7 +213,7 @@ def _dx(card: dict[str, Any]) -> dict[str, Any]:
         ("multiclass", lambda c: _dx(c).update(kind="ordinal"), "unknown head kind 'ordinal'"),
         ("multiclass", lambda c: _dx(c).pop("labels"), "head 'diagnosis' needs 'labels'"),
         ("multiclass", lambda c: _dx(c).update(labels=["CN", "AD"]), "needs 3 labels, got 2"),
-        ("multiclass", lambda c: _dx(c).update(outputs=[0, 4]), r"reads outputs \[0, 4\], but the network gives 3"),
+        ("binary", lambda c: _dx(c).update(outputs=[1, 2]), r"reads outputs \[1, 2\], but the network gives 1"),
         ("multiclass", lambda c: _dx(c).update(outputs=[2, 1]), "outputs must be"),
         ("multitask", lambda c: c["heads"][1].update(outputs=[0, 1]), "overlap in outputs"),
         ("multitask", lambda c: c["heads"][2].update(name="age"), "head names must be unique"),
@@ -286,7 +287,7 @@ def test_engine_without_a_possible_self_check_runs_eager_and_says_why(packages):
 
 def test_predict_checks_the_card_input_shape(packages, inputs):
     pkg = load_package(packages["binary"][0])
-    with pytest.raises(ValueError, match=r"model input must have shape N x 1 x 121 x 145 x 121 \(channels first: GMV\)"):
+    with pytest.raises(ValueError, match=r"must have shape N x 1 x 121 x 145 x 121 \(channels first: GMV\)"):
         predict(pkg, inputs["t1w_mni1mm"], precision="fp32")
 
 

@@ -132,8 +132,10 @@ def prepare(package: ModelPackage, device: torch.device, precision: str = "auto"
         order, rule = [EngineCandidate(engine, prec), EngineCandidate("torch-eager", "fp32")], f"explicit-{precision}"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # one input size: autotuned kernels pay from the second pass on
+    checked = any(c.engine != "torch-eager" for c in order)  # eager alone needs no reference input
     prepared = prepare_engine(package.folds, device, order, rule=rule, name=package.name,
-                              weights_sha256=package.sha256, threads=threads, **_check_setup(package))
+                              weights_sha256=package.sha256, threads=threads,
+                              **(_check_setup(package) if checked else {}))
     package.prepared[key] = prepared  # type: ignore[assignment]
     return prepared
 
