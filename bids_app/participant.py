@@ -46,6 +46,7 @@ __all__ = [
     "cached_preprocessing",
     "hard_qc_failures",
     "model_inputs",
+    "check_inputs_provided",
 ]
 
 _log = logging.getLogger("bids_app.participant")
@@ -220,6 +221,23 @@ def _input_key(package: Any) -> str:
     kind = getattr(package, "input_kind", "gm_crop2")
     recipe = {k: spec.get(k) for k in ("channels", "mask", "crop", "shape")} if kind != "gm_crop2" else {}
     return json.dumps({"kind": kind, **recipe}, sort_keys=True)
+
+
+def check_inputs_provided(packages: Sequence[Any], backend: PreprocBackend) -> None:
+    """Refuse, before any preprocessing, packages whose input kind ``backend`` cannot make.
+
+    A backend lists what it makes in its ``provides`` class attribute (input kinds); one without it
+    makes the maps of the BrainImageNet crop (``gm_crop2``) only.
+    """
+    provides = getattr(backend, "provides", None)
+    can = frozenset(provides) if provides is not None else frozenset({"gm_crop2"})
+    missing = [p for p in packages if getattr(p, "input_kind", "gm_crop2") not in can]
+    if missing:
+        which = "; ".join(f"{p.path}: model {p.name} reads {p.input_kind}" for p in missing)
+        raise ModelPackageError(
+            f"the {backend.name} preprocessing cannot make the input these models read ({which}); it makes "
+            f"{', '.join(sorted(can))}. Choose another --preproc or leave these packages out of --models"
+        )
 
 
 _CROP_KEY = json.dumps({"kind": "gm_crop2"}, sort_keys=True)

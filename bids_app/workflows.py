@@ -41,7 +41,7 @@ from .errors import (
     VBMPredictError,
 )
 from .parallel import FULL_SIZE_MODELS_GB, UNIT_MEMORY_GB, plan_resources, run_units
-from .participant import UnitOptions, UnitResult, process_unit
+from .participant import UnitOptions, UnitResult, check_inputs_provided, process_unit
 from .types import DeviceName, PreprocBackend, PreprocName, T1wUnit
 
 __all__ = [
@@ -444,6 +444,7 @@ def _run_participant_level(
     backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
                           dartel_template=dartel_template)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())
+    check_inputs_provided(packages, backend)  # a model whose input cannot be made: refused before any work
     for warning in check_output_dataset(output_dir, bids_dir):
         _log.warning("%s", warning)
     # 3. the outputs

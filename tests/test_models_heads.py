@@ -351,3 +351,23 @@ def pd_na(v: Any) -> bool:
     import pandas as pd
 
     return bool(pd.isna(v))
+
+
+def test_a_package_whose_input_the_backend_cannot_make_is_refused_before_any_work(packages, tmp_path):
+    from bids_app.participant import check_inputs_provided
+    from bids_app.preproc import get_backend
+
+    backend = get_backend("derivatives", derivatives_dir=tmp_path)
+    crop = load_package(DEMO / "ad")
+    spm = load_package(packages["multiclass"][0])
+    provides = getattr(backend, "provides", frozenset({"gm_crop2"}))
+    check_inputs_provided([crop], backend)  # every backend makes the BrainImageNet crop
+    if "gm_spm1" in provides:
+        check_inputs_provided([crop, spm], backend)
+    else:
+        with pytest.raises(ModelPackageError, match=r"model test-cn_mci_ad reads gm_spm1.*Choose another --preproc"):
+            check_inputs_provided([crop, spm], backend)
+    t1w = load_package(packages["regression"][0])
+    if "t1w_mni1mm" not in provides:  # derivatives without a registered T1w cannot make the SFCN input
+        with pytest.raises(ModelPackageError, match=str(t1w.path)):
+            check_inputs_provided([t1w], backend)

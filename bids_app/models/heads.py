@@ -78,7 +78,7 @@ class HeadSpec:
         elif self.kind == "multiclass":
             out = torch.softmax(t, dim=1)
         else:
-            out = t * np.float32(self.scale) + np.float32(self.offset)
+            out = t * float(self.scale) + float(self.offset)  # python scalars keep the tensor float32
         return out.double().numpy()
 
     def as_card(self) -> dict[str, Any]:
