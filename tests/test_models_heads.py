@@ -253,7 +253,7 @@ def test_architecture_of_another_family_needs_its_module(tmp_path):
     try:
         from bids_app.models import architectures  # noqa: F401
     except ImportError:
-        with pytest.raises(ModelPackageError, match="bids_app.models.architectures, which this installation lacks"):
+        with pytest.raises(ModelPackageError, match=r"bids_app\.models\.architectures, which this installation lacks"):
             save_package(tmp_path / "x", card, [{}])
         assert not (tmp_path / "x" / "model.json").exists()
 
