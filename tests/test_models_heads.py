@@ -249,7 +249,7 @@ def test_bad_schema2_cards_are_refused(packages, tmp_path, kind, edit, match):
 def test_architecture_of_another_family_needs_its_module(tmp_path):
     card = v2_card("binary")
     card["architecture"] = {"name": "cnn", "params": {"n_outputs": 1}}
-    validate_card(upgrade_card(card))  # the other families' names are part of the schema
+    validate_card(upgrade_card(card), require_folds=False)  # the other families' names are part of the schema
     try:
         from bids_app.models import architectures  # noqa: F401
     except ImportError:
