@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..graph import GraphNet
 from .cpu import CPUFeatures, cpu_features
 from .runners import Runner, engine_version, installed_engines, make_runner
 
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 #: Largest |score - PyTorch FP32 score| a runner may show on the reference input, per precision.
 TOLERANCE: dict[str, float] = {"fp32": 1e-5, "bf16": 1e-3, "fp16": 1e-3}
 _REFERENCE_TAG = "reference_input-v1-seed0"
+#: engines that run layer-graph networks (GraphNet: the IRv2 and imported Keras networks) only
+_GRAPH_ONLY = ("torch-fused", "openvino", "onnxruntime")
 
 
 class EngineCheckError(RuntimeError):
@@ -242,6 +245,12 @@ def prepare_engine(
             fallbacks.append(f"{cand.engine} {cand.precision}: {no_check_reason}")
             log.info("inference engine not used for %s: %s %s: %s", name, cand.engine, cand.precision,
                      no_check_reason)
+            continue
+        if cand.engine in _GRAPH_ONLY and not all(isinstance(net, GraphNet) for net in folds):
+            # not a failure: these engines exist for the layer-graph networks; say so and move on quietly
+            fallbacks.append(f"{cand.engine} {cand.precision}: runs layer-graph networks (GraphNet) only, "
+                             f"not {type(folds[0]).__name__}")
+            log.info("inference engine not used for %s: %s", name, fallbacks[-1])
             continue
         if cand.engine == "torch-eager" and cand.precision == "fp32":
             runners = [make_runner(net, "torch-eager", "fp32", device) for net in folds]
