@@ -85,7 +85,8 @@ def main() -> int:
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
             print(f"{arch:18s} {engine:12s} {prec:5s} {np.median(times) * 1000:8.1f} ms  "
-                  f"peak {torch.cuda.max_memory_allocated() / 1024**3:5.2f} GB  logit {float(ref_logit[0]):+.5f}")
+                  f"peak {torch.cuda.max_memory_allocated() / 1024**3:5.2f} GB  "
+                  f"logit {float(ref_logit.reshape(-1)[0]):+.5f}")
             del r
         net.cpu()
     return 0

@@ -242,7 +242,8 @@ def faithfulness(workdir: Path, n: int, modes: list[str], threads: int, synth: P
                 except (ValueError, ImportError) as exc:
                     print(f"# {mode}: not available ({exc})", file=sys.stderr)
                     continue
-                logits = np.stack([np.concatenate([r(x[i : i + 1]) for i in range(len(x))]) for r in runners], axis=1)
+                logits = np.stack([np.concatenate([r(x[i : i + 1])[:, 0] for i in range(len(x))]) for r in runners],
+                                  axis=1)
                 scores, ran = 1 / (1 + np.exp(-logits.astype(np.float64))), f"{engine} {runners[0].precision}"
             out["modes"].setdefault(mode, {})[task] = {"scores": np.asarray(scores).tolist(), "engine": ran}
     return out

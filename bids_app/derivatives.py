@@ -87,53 +87,66 @@ BIDSIGNORE = [
 ]
 
 #: Every column of ``*_predictions.tsv`` and ``group_predictions.tsv``: name -> description
-#: (and units / levels). One row per (T1w, model).
+#: (and units / levels). One row per (T1w, model, head).
 PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
     "participant_id": {"Description": "Participant label with its sub- prefix."},
     "session_id": {"Description": "Session label with its ses- prefix; n/a without sessions."},
     "run_id": {"Description": "Run index of the T1w (run- entity); n/a when the name has none."},
     "source_file": {"Description": "The T1w file, relative to the input BIDS dataset."},
     "target": {
-        "Description": (
-            "What the row predicts: the name of the model's head (one row per T1w, model and head), e.g. sex, ad, "
-            "diagnosis (CN/MCI/AD), age, pmci."
-        ),
+        "Description": "What the row predicts: the name of the model's head (model.json 'heads'; schema-1 "
+                       "packages: their task), e.g. sex, ad, diagnosis, age, pmci.",
+        "Levels": {"sex": "biological sex (score = P(male))", "ad": "Alzheimer's disease (score = P(AD))"},
     },
-    "head": {"Description": "Name of the model head that made the row (model.json 'heads'); equals target."},
+    "head": {"Description": "Name of the model head the row comes from (a package may have several)."},
     "head_kind": {
-        "Description": "Kind of the head; n/a in tables written before heads existed (read as binary).",
+        "Description": "What kind of prediction the head makes.",
         "Levels": {
-            "binary": "score = P(positive class), predicted_label = score >= threshold",
-            "multiclass": "probabilities of every class, predicted_label = the most probable, score = its probability",
-            "regression": "predicted_value in value_unit; score, predicted_label and threshold n/a",
+            "binary": "two classes: score = P(positive label), predicted_label = score >= threshold",
+            "multiclass": "several classes: predicted_label = the most probable class, score = its probability, "
+                          "probabilities = every class's",
+            "regression": "a value: predicted_value in value_unit (score, predicted_label, threshold n/a)",
         },
     },
     "model_name": {"Description": "Name of the model package (model.json 'name')."},
-    "model_version": {"Description": "Version of the model package."},
     "model_family": {
-        "Description": "Model family of the package (model.json 'family'): brainimagenet, cnn, liu_mox, sfcn, regional."
+        "Description": "Model family of the package (model.json 'family'; schema-1 packages: brainimagenet).",
+        "Levels": {
+            "brainimagenet": "BrainImageNet 3D Inception-ResNet-V2 (Lu et al. 2022)",
+            "cnn": "transferable 3D CNN-5/7/10/12",
+            "liu_mox": "Liu et al. 2022 CNN + MLP as reproduced with Clinica t1-volume maps (MOX)",
+            "sfcn": "SFCN (Peng et al. 2021), multi-task pretraining (Leonardsen et al.)",
+            "regional": "regional GM volume baseline (scikit-learn linear models)",
+        },
     },
+    "model_version": {"Description": "Version of the model package."},
     "model_sha256": {"Description": "sha256 of the model's weights, one per fold joined by ';' in fold order."},
     "model_trained_on_synthetic": {
         "Description": "True when the model was trained on synthetic data only (demo models): not for any real use."
     },
-    "score": {"Description": "Mean over folds of the sigmoid output (0..1).", "Units": "probability"},
+    "score": {
+        "Description": "Binary head: mean over folds of the sigmoid output, P(positive label). Multiclass head: "
+                       "the mean probability of the predicted class. n/a for a regression head.",
+        "Units": "probability",
+    },
     "predicted_label": {
-        "Description": "Predicted class: score >= threshold.",
+        "Description": "Predicted class: binary head score >= threshold; multiclass head the class of highest "
+                       "mean probability; n/a for a regression head.",
         "Levels": {"male": "sex model", "female": "sex model", "AD": "AD model", "CN": "AD model"},
     },
     "probabilities": {
-        "Description": (
-            "Multi-class heads: mean over folds of each class's softmax probability, 'class=p' joined by ';' in the "
-            "head's label order (e.g. CN=0.100000;MCI=0.300000;AD=0.600000); n/a for other heads."
-        )
+        "Description": "Multiclass head: mean probability of every class over folds, 'label=p' joined by ';' "
+                       "in the head's label order (e.g. CN=0.100000;MCI=0.300000;AD=0.600000); n/a otherwise."
     },
-    "predicted_value": {"Description": "Regression heads: mean over folds of the predicted value, in value_unit."},
-    "value_unit": {"Description": "Unit of predicted_value (e.g. years); n/a for classification heads."},
-    "threshold": {"Description": "Decision threshold applied to score (--ad-threshold for AD)."},
+    "predicted_value": {"Description": "Regression head: mean over folds of the predicted value, in value_unit; "
+                                       "n/a otherwise."},
+    "value_unit": {"Description": "Unit of predicted_value and of a regression head's fold_scores (e.g. years)."},
+    "threshold": {"Description": "Decision threshold applied to a binary head's score (--ad-threshold for the AD "
+                                 "head); n/a for multiclass and regression heads."},
     "n_folds": {"Description": "Number of fold models averaged."},
-    "fold_scores": {"Description": "Per-fold sigmoid outputs joined by ';' in fold order."},
-    "fold_score_sd": {"Description": "Standard deviation of the per-fold scores (ensemble spread)."},
+    "fold_scores": {"Description": "Per-fold outputs joined by ';' in fold order: binary P(positive label), "
+                                   "multiclass the probability of the predicted class, regression the value."},
+    "fold_score_sd": {"Description": "Standard deviation of the per-fold outputs (ensemble spread)."},
     "qc_pass": {"Description": "True when every quality-control check passed."},
     "qc_flags": {"Description": "Names of failed QC checks joined by ';'; n/a when none failed."},
     "qc_gmv_template_correlation": {
@@ -166,6 +179,8 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
         "Levels": {
             "published": "the BrainImageNet authors' prediction mask (Reslice_BrainMask_05_91x109x91)",
             "derived": "the documented equivalent derived from nilearn's MNI152 brain mask (> 0.5)",
+            "none": "no mask multiplied the model input (a GM-map package with input mask 'none', or the "
+                    "T1w input, skull-stripped during preprocessing)",
         },
     },
     "warnings": {"Description": "Reasons the prediction may not be valid, joined by ';'; n/a when none."},
@@ -176,9 +191,9 @@ PREDICTION_COLUMNS: dict[str, dict[str, Any]] = {
 #: columns of the predictions tables that hold text (kept as strings when read back)
 _TEXT_PREDICTION_COLUMNS = (
     "participant_id", "session_id", "run_id", "source_file", "target", "head", "head_kind", "model_name",
-    "model_version", "model_family", "model_sha256", "predicted_label", "probabilities", "value_unit",
-    "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version",
-    "inference_engine", "model_input_mask", "warnings", "notice",
+    "model_family", "model_version", "model_sha256", "predicted_label", "probabilities", "value_unit",
+    "fold_scores", "qc_flags", "preproc_backend", "preproc_backend_version", "inference_engine",
+    "model_input_mask", "warnings", "notice",
 )
 
 
@@ -488,6 +503,36 @@ def _engine_label(scores: Any) -> str | None:
     return " ".join(parts) or None
 
 
+def _input_mask_level(package: Any) -> str:
+    """``model_input_mask`` of a package's rows: what multiplied its input."""
+    spec = getattr(package, "input", None) or {}
+    kind = getattr(package, "input_kind", "gm_crop2")
+    if kind == "t1w_mni1mm" or (kind == "gm_spm1" and spec.get("mask") == "none"):
+        return "none"
+    return str(model_input_mask()[1]["Mask"])
+
+
+def _head_values(head: Any, outputs: Any, ad_threshold: float) -> dict[str, Any]:
+    """The columns that depend on the head's kind, for the first input of ``outputs`` (HeadScores)."""
+    folds = outputs.fold_outputs[0]  # F x K
+    mean = outputs.mean[0]
+    na: dict[str, Any] = {"score": None, "predicted_label": None, "probabilities": None, "predicted_value": None,
+                          "value_unit": None, "threshold": None}
+    if head.kind == "binary":
+        threshold = ad_threshold if head.name == "ad" else float(head.thresholds["default"])
+        score = float(mean[0])
+        per_fold = folds[:, 0]
+        return na | {"score": round(score, 6), "threshold": threshold,
+                     "predicted_label": head.labels[1] if score >= threshold else head.labels[0],
+                     "fold_scores": per_fold}
+    if head.kind == "multiclass":
+        best = int(np.argmax(mean))
+        return na | {"score": round(float(mean[best]), 6), "predicted_label": head.labels[best],
+                     "probabilities": ";".join(f"{lab}={p:.6f}" for lab, p in zip(head.labels, mean)),
+                     "fold_scores": folds[:, best]}
+    return na | {"predicted_value": round(float(mean[0]), 6), "value_unit": head.unit, "fold_scores": folds[:, 0]}
+
+
 def prediction_rows(
     unit: T1wUnit,
     bids_dir: Path,
@@ -497,16 +542,15 @@ def prediction_rows(
     *,
     ad_threshold: float,
 ) -> list[dict[str, Any]]:
-    """Rows of the predictions TSV, one per model package (see :data:`PREDICTION_COLUMNS`).
+    """Rows of the predictions TSV, one per model package and head (see :data:`PREDICTION_COLUMNS`).
 
-    ``scored`` holds ``(package, ModelScores)`` pairs for this single T1w.
+    ``scored`` holds ``(package, ModelScores)`` pairs for this single T1w. Every row carries the
+    model's identity, the preprocessing, QC, the validated-input verdict, its warnings and the
+    research-use notice, whatever the head's kind.
     """
     rows = []
     origin = effective_backend(maps)
     for package, scores in scored:
-        threshold = ad_threshold if package.task == "ad" else float(package.thresholds["default"])
-        score = float(scores.mean[0])
-        folds = scores.fold_scores[0]
         warnings: list[str] = []
         validated = tuple(package.validated_preprocessing)
         backend_ok = preprocessing_validated(origin, validated)
@@ -519,35 +563,40 @@ def prediction_rows(
             warnings.append(f"QC failed: {', '.join(qc.flags)}")
         if package.trained_on_synthetic:
             warnings.append("model trained on synthetic data only: not for any real use")
-        rows.append(
-            {
-                "participant_id": f"sub-{unit.subject}",
-                "session_id": f"ses-{unit.session}" if unit.session else None,
-                "run_id": unit.run,
-                "source_file": str(_source_relative(unit, bids_dir)),
-                "target": package.task,
-                "model_name": package.name,
-                "model_version": package.version,
-                "model_sha256": ";".join(package.sha256),
-                "model_trained_on_synthetic": bool(package.trained_on_synthetic),
-                "score": round(score, 6),
-                "predicted_label": package.positive_label if score >= threshold else package.negative_label,
-                "threshold": threshold,
-                "n_folds": int(folds.size),
-                "fold_scores": ";".join(f"{s:.6f}" for s in folds),
-                "fold_score_sd": round(float(folds.std()), 6),
-                "qc_pass": qc.passed,
-                "qc_flags": ";".join(qc.flags) or None,
-                "qc_gmv_template_correlation": qc.metrics.get("gmv_template_correlation"),
-                "preproc_backend": maps.backend,
-                "preproc_backend_version": maps.backend_version,
-                "inference_engine": _engine_label(scores),
-                "model_input_mask": model_input_mask()[1]["Mask"],
-                "validated_input": backend_ok and qc.passed and not package.trained_on_synthetic,
-                "warnings": "; ".join(warnings) or None,
-                "notice": RESEARCH_USE_NOTICE,
-            }
-        )
+        mask_level = _input_mask_level(package)
+        for head in package.heads:
+            values = _head_values(head, scores.head(head.name), ad_threshold)
+            folds = np.asarray(values.pop("fold_scores"), dtype=np.float64)
+            rows.append(
+                {
+                    "participant_id": f"sub-{unit.subject}",
+                    "session_id": f"ses-{unit.session}" if unit.session else None,
+                    "run_id": unit.run,
+                    "source_file": str(_source_relative(unit, bids_dir)),
+                    "target": head.name,
+                    "head": head.name,
+                    "head_kind": head.kind,
+                    "model_name": package.name,
+                    "model_family": getattr(package, "family", "brainimagenet"),
+                    "model_version": package.version,
+                    "model_sha256": ";".join(package.sha256),
+                    "model_trained_on_synthetic": bool(package.trained_on_synthetic),
+                    **values,
+                    "n_folds": int(folds.size),
+                    "fold_scores": ";".join(f"{s:.6f}" for s in folds),
+                    "fold_score_sd": round(float(folds.std()), 6),
+                    "qc_pass": qc.passed,
+                    "qc_flags": ";".join(qc.flags) or None,
+                    "qc_gmv_template_correlation": qc.metrics.get("gmv_template_correlation"),
+                    "preproc_backend": maps.backend,
+                    "preproc_backend_version": maps.backend_version,
+                    "inference_engine": _engine_label(scores),
+                    "model_input_mask": mask_level,
+                    "validated_input": backend_ok and qc.passed and not package.trained_on_synthetic,
+                    "warnings": "; ".join(warnings) or None,
+                    "notice": RESEARCH_USE_NOTICE,
+                }
+            )
     return rows
 
 

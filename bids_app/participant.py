@@ -41,6 +41,7 @@ from .derivatives import (
 )
 from .errors import InputDataError, NoInputError
 from .grid import MNI1MM_AFFINE, SPM_AFFINE, make_model_input, model_input_mask
+from .model_input import make_input
 from .types import GMMaps, PreprocBackend, QCResult, T1wUnit, reuses_existing_maps
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "extra_outputs",
     "cached_preprocessing",
     "hard_qc_failures",
+    "model_inputs",
 ]
 
 _log = logging.getLogger("bids_app.participant")
@@ -246,6 +248,38 @@ def hard_qc_failures(qc: QCResult) -> list[str]:
     return out
 
 
+def _input_key(package: Any) -> str:
+    """Packages whose inputs are made alike share one input: its kind and the card's recipe."""
+    spec = dict(getattr(package, "input", None) or {})
+    kind = getattr(package, "input_kind", "gm_crop2")
+    recipe = {k: spec.get(k) for k in ("channels", "mask", "crop", "shape")} if kind != "gm_crop2" else {}
+    return json.dumps({"kind": kind, **recipe}, sort_keys=True)
+
+
+_CROP_KEY = json.dumps({"kind": "gm_crop2"}, sort_keys=True)
+
+
+def model_inputs(packages: Sequence[Any], maps: GMMaps) -> dict[str, np.ndarray]:
+    """Every model input the packages need, each made once: input key -> 1 x C x ... float32.
+
+    ``gm_crop2`` (the BrainImageNet crop) is made here exactly as before: the maps times the model
+    input mask, cropped, stacked (GMD, GMV). Other kinds come from ``bids_app.model_input.make_input``
+    (kind, maps, the card's ``input`` section).
+    """
+    out: dict[str, np.ndarray] = {}
+    for package in packages:
+        key = _input_key(package)
+        if key in out:
+            continue
+        kind = getattr(package, "input_kind", "gm_crop2")
+        if kind == "gm_crop2":
+            mask, _ = model_input_mask()
+            out[key] = make_model_input(maps.gmd, maps.gmv, mask=mask)[None]
+            continue
+        out[key] = np.asarray(make_input(kind, maps, dict(package.input)), dtype=np.float32)[None]
+    return out
+
+
 def _remove_unit_predictions(output_dir: Path, unit: T1wUnit) -> None:
     """A T1w that now gets no prediction must not keep one from an earlier run (a stale result)."""
     table = predictions_path(output_dir, unit)
@@ -347,13 +381,14 @@ def process_unit(
             "failed, or the image is not a brain; no prediction is written (the maps are kept for inspection)"
         )
 
+    result.step = "model inputs"
+    inputs = model_inputs(packages, maps)
+
     result.step = "models"
-    mask, _ = model_input_mask()
-    x = make_model_input(maps.gmd, maps.gmv, mask=mask)[None]
     scored = []
     for package in packages:
         _log.info("%s: scoring with %s (%s, %d fold(s))", unit.prefix, package.name, package.task, len(package.sha256))
-        scored.append((package, predict(package, x, device=options.device)))
+        scored.append((package, predict(package, inputs[_input_key(package)], device=options.device)))
 
     result.step = "writing predictions"
     rows = prediction_rows(unit, options.bids_dir, maps, qc, scored, ad_threshold=options.ad_threshold)
@@ -363,10 +398,14 @@ def process_unit(
         result.step = "explanations"
         from .explain import write_explanations
 
-        result.outputs.extend(
-            write_explanations(options.output_dir, unit, packages, x[0], options.explain,
-                               device=options.device, cache_dir=work / "explain")
-        )
+        crop = inputs.get(_CROP_KEY)
+        if crop is None:  # explanation maps are made on the BrainImageNet crop only
+            _log.info("%s: no explanation maps: no applied model reads the gm_crop2 input", unit.prefix)
+        else:
+            result.outputs.extend(
+                write_explanations(options.output_dir, unit, packages, crop[0], options.explain,
+                                   device=options.device, cache_dir=work / "explain")
+            )
 
     if options.write_report:
         result.step = "report"

@@ -5,7 +5,7 @@ Each stage of the data flow hands the next one of these frozen dataclasses:
 * :class:`T1wUnit`   discovery -> participant workflow (one T1w file = one unit of work)
 * :class:`GMMaps`    preprocessing backend -> QC / model input / derivatives writer
 * :class:`QCResult`  :mod:`bids_app.qc` -> predictions and sidecars
-* :class:`ModelScores` predictor -> derivatives writer
+* :class:`ModelScores` predictor -> derivatives writer (one :class:`HeadScores` per head)
 
 and the only contract a preprocessing backend must honour is :class:`PreprocBackend`.
 Nothing here imports torch, pybids or the CLI, so every layer may import this module.
@@ -33,7 +33,15 @@ __all__ = [
     "Precision",
     "PRECISION_CHOICES",
     "TaskName",
+    "TASK_NAMES",
     "TASK_CHOICES",
+    "TASK_NAME_PATTERN",
+    "InputKind",
+    "INPUT_KINDS",
+    "ModelFamily",
+    "MODEL_FAMILIES",
+    "HeadKind",
+    "HEAD_KINDS",
     "ADArchitecture",
     "AD_ARCHITECTURES",
     "OptimizerName",
@@ -42,11 +50,10 @@ __all__ = [
     "FREEZE_CHOICES",
     "WeightsDtype",
     "WEIGHTS_DTYPES",
-    "InputKind",
-    "INPUT_KINDS",
     "T1wUnit",
     "GMMaps",
     "QCResult",
+    "HeadScores",
     "ModelScores",
     "PreprocBackend",
     "reuses_existing_maps",
@@ -90,9 +97,24 @@ Precision = Literal[
 ]
 PRECISION_CHOICES: tuple[Precision, ...] = get_args(Precision)
 
-#: Prediction tasks a model package can serve.
-TaskName = Literal["sex", "ad"]
-TASK_CHOICES: tuple[TaskName, ...] = get_args(TaskName)
+#: Prediction tasks the app's model families serve (a card's ``task``; any name matching
+#: :data:`TASK_NAME_PATTERN` is a valid card task, these are the ones the app knows by name).
+TaskName = Literal["sex", "ad", "cn_mci_ad", "pmci", "brain_age", "multitask"]
+TASK_NAMES: tuple[TaskName, ...] = get_args(TaskName)
+#: The BrainImageNet (IRv2) tasks: what ``train --tasks`` and ``models import --task`` serve today.
+TASK_CHOICES: tuple[TaskName, ...] = ("sex", "ad")
+#: What a card's ``task`` and a head's ``name`` must look like (lower-case letters, digits, ``_``).
+TASK_NAME_PATTERN = r"^[a-z0-9_]+$"
+
+
+#: Model families (``family`` of a schema-2 card).
+ModelFamily = Literal["brainimagenet", "cnn", "liu_mox", "sfcn", "regional"]
+MODEL_FAMILIES: tuple[ModelFamily, ...] = get_args(ModelFamily)
+
+#: What one head of a package predicts: P(positive) of two classes, probabilities of several
+#: classes (softmax over the head's outputs), or a value with a unit.
+HeadKind = Literal["binary", "multiclass", "regression"]
+HEAD_KINDS: tuple[HeadKind, ...] = get_args(HeadKind)
 
 #: The two AD networks of the reference system (optimised head, or the sex network's head intact).
 ADArchitecture = Literal["irv2_ad_optimised", "irv2_ad_intact"]
@@ -235,19 +257,68 @@ class QCResult:
 
 
 @dataclass(frozen=True)
-class ModelScores:
-    """Scores of one model package (all its folds) for a batch of N inputs.
+class HeadScores:
+    """What one head of a package gave for N inputs, for every fold.
 
-    ``fold_scores`` is N x F (sigmoid outputs, one column per fold); ``mean`` is their mean over
-    folds (the reference system's ensemble rule) and ``spread`` their standard deviation.
+    ``fold_outputs`` is N x F x K float64: for a ``binary`` head K = 1 and the values are
+    P(``labels[1]``) (the positive label); for a ``multiclass`` head K = ``len(labels)`` and the
+    values are the softmax probabilities in label order; for a ``regression`` head K = 1 and the
+    values are in ``unit`` (raw output x scale + offset). ``mean`` (N x K) is the ensemble over
+    folds, ``spread`` (N x K) its standard deviation.
+    """
+
+    name: str
+    kind: HeadKind
+    target: str
+    labels: tuple[str, ...]
+    fold_outputs: np.ndarray
+    unit: str | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.fold_outputs.mean(axis=1)
+
+    @property
+    def spread(self) -> np.ndarray:
+        return self.fold_outputs.std(axis=1)
+
+
+@dataclass(frozen=True)
+class ModelScores:
+    """Outputs of one model package (all its folds and heads) for a batch of N inputs.
+
+    ``heads`` holds one :class:`HeadScores` per head of the package, in card order. For a package
+    with a single binary head (every BrainImageNet package) ``fold_scores`` is N x F (P(positive),
+    one column per fold), ``mean`` their mean over folds (the reference system's ensemble rule)
+    and ``spread`` their standard deviation; for other packages read the heads (:meth:`head`).
     ``engine`` says what computed them (engine, version, precision, device, CPU, self-check; see
     :class:`bids_app.models.engines.EngineInfo`), for the prediction's provenance.
     """
 
     model_name: str
     task: str
-    fold_scores: np.ndarray
+    heads: tuple[HeadScores, ...]
     engine: Mapping[str, Any] = field(default_factory=dict)
+
+    def head(self, name: str) -> HeadScores:
+        """The outputs of the head called ``name`` (KeyError naming the heads there are)."""
+        for h in self.heads:
+            if h.name == name:
+                return h
+        raise KeyError(f"model {self.model_name} has no head {name!r}; its heads: {[h.name for h in self.heads]}")
+
+    def _binary(self) -> HeadScores:
+        if len(self.heads) != 1 or self.heads[0].kind != "binary":
+            kinds = ", ".join(f"{h.name} ({h.kind})" for h in self.heads)
+            raise ValueError(
+                f"model {self.model_name} has heads {kinds}: fold_scores / mean / spread exist for a single "
+                "binary head only; read scores.heads or scores.head(name)"
+            )
+        return self.heads[0]
+
+    @property
+    def fold_scores(self) -> np.ndarray:
+        return self._binary().fold_outputs[:, :, 0]
 
     @property
     def mean(self) -> np.ndarray:

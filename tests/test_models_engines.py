@@ -147,7 +147,7 @@ def test_a_perturbed_export_is_refused_and_falls_back_with_a_warning(ad_pkg, x, 
     assert len(prepared.info.fallbacks) == 1 and "refused" in prepared.info.fallbacks[0]
     # the runner it fell back to scores exactly like the reference
     ref = predict(ad_pkg, x, precision="fp32").fold_scores
-    got = np.stack([torch.sigmoid(torch.from_numpy(r(x))).double().numpy() for r in prepared.runners], axis=1)
+    got = np.stack([torch.sigmoid(torch.from_numpy(r(x)[:, 0])).double().numpy() for r in prepared.runners], axis=1)
     np.testing.assert_allclose(got, ref, atol=1e-6, rtol=0)  # batch of 2 here, batches of 1 in predict
 
 

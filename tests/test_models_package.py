@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +131,9 @@ def test_missing_weights_file_is_refused(tmp_path):
     ],
 )
 def test_bad_cards_are_refused(tmp_path, edit, match):
-    pkg = make_package(tmp_path / "ad", n_folds=1)
+    """Schema-1 cards (the bundled demo package, as written before schema 2) keep their checks."""
+    pkg = tmp_path / "ad"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "bids_app" / "data" / "demo_models" / "ad", pkg)
     card = json.loads((pkg / "model.json").read_text())
     edit(card)
     (pkg / "model.json").write_text(json.dumps(card))

@@ -137,12 +137,19 @@ def _score(args: argparse.Namespace) -> int:
         "folds": len(pkg.folds),
         "precision": args.precision,
         "engine": dict(scores.engine),
-        "scores": [
+        "heads": [
+            {"name": h.name, "kind": h.kind, "target": h.target, "labels": list(h.labels), "unit": h.unit,
+             "outputs": [{"index": i, "mean": h.mean[i].tolist(), "spread": h.spread[i].tolist(),
+                          "folds": h.fold_outputs[i].tolist()} for i in range(h.fold_outputs.shape[0])]}
+            for h in scores.heads
+        ],
+    }
+    if pkg.binary_head is not None:  # the single binary score, as before schema 2
+        out["scores"] = [
             {"index": i, "mean": float(scores.mean[i]), "spread": float(scores.spread[i]),
              "folds": [float(v) for v in scores.fold_scores[i]]}
             for i in range(scores.fold_scores.shape[0])
-        ],
-    }
+        ]
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -110,6 +110,18 @@ def add_to_predictions_json(output_dir: Path, unit: T1wUnit, entries: Sequence[d
     return write_json(path, side)
 
 
+def _not_explained(package: Any) -> str | None:
+    """Why ``package`` gets no explanation map (None: it does): the maps explain one binary score on
+    the BrainImageNet crop, so other heads and input kinds are skipped until they have their own."""
+    heads = getattr(package, "heads", ())
+    if heads and (len(heads) != 1 or heads[0].kind != "binary"):
+        return f"its heads ({', '.join(f'{h.name}: {h.kind}' for h in heads)}) are not a single binary head"
+    kind = getattr(package, "input_kind", "gm_crop2")
+    if kind != "gm_crop2":
+        return f"it reads the {kind} input; explanation maps are made on the gm_crop2 input only"
+    return None
+
+
 def write_explanations(
     output_dir: Path,
     unit: T1wUnit,
@@ -135,6 +147,10 @@ def write_explanations(
     written: list[Path] = []
     entries: list[dict[str, Any]] = []
     for package in packages:
+        skip = _not_explained(package)
+        if skip:
+            _log.info("%s: no explanation map for %s: %s", unit.prefix, package.name, skip)
+            continue
         _log.info("%s: explaining %s (%s) with %s", unit.prefix, package.name, package.task, ", ".join(options.methods))
         for m in explain_package(package, x, options, device=device, cache_dir=cache_dir):
             path = explanation_path(output_dir, unit, m.desc)

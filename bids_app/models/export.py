@@ -14,10 +14,11 @@ against the PyTorch FP32 network on a realistic input and refused beyond 1e-5 (:
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ __all__ = [
     "ExportError",
     "StaticGraphNet",
     "reference_input",
+    "reference_input_for",
     "export_onnx",
     "export_torchscript",
     "export_package",
@@ -121,6 +123,63 @@ def reference_input(seed: int = 0, n: int = 1) -> np.ndarray:
         gmv = gmd * (1 + 0.1 * field)
         out.append(grid.make_model_input(gmd, gmv))
     return np.stack(out).astype(np.float32)
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    from scipy import ndimage
+
+    f = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), sigma).astype(np.float32)
+    return f / (np.abs(f).max() + 1e-6)
+
+
+def reference_input_for(spec: Mapping[str, Any], seed: int = 0, n: int = 1) -> np.ndarray:
+    """``n`` realistic inputs of the kind a card's ``input`` section describes (its shape, channels, mask).
+
+    ``gm_crop2``: :func:`reference_input`. ``gm_spm1``: the MNI152 GM template on the SPM grid,
+    smoothly deformed, as GMD or modulated GMV, brain-masked when the card says ``brain``.
+    ``t1w_mni1mm``: nilearn's skull-stripped MNI152 T1 on the MNI 1 mm grid with a smooth
+    intensity field, centre-cropped and divided by its mean over the brain. Used by the engines'
+    self-check; what the app feeds a network comes from the participant's own maps.
+    """
+    from .. import grid
+
+    kind = spec.get("kind", "gm_crop2")
+    if kind == "gm_crop2":
+        return reference_input(seed=seed, n=n)
+    rng = np.random.default_rng(seed)
+    out = []
+    if kind == "gm_spm1":
+        gm = grid.template_gm().astype(np.float32)
+        mask = grid.brain_mask() if spec.get("mask") == "brain" else None
+        for _ in range(n):
+            field = _smooth_field(rng, grid.SPM_SHAPE, 8)
+            gmd = np.clip(gm * float(rng.uniform(0.85, 1.15)) * (1 + 0.15 * field), 0, 1)
+            vol = gmd * (1 + 0.1 * field) if list(spec.get("channels", ["GMV"])) == ["GMV"] else gmd
+            vol = vol * mask if mask is not None else vol
+            out.append(np.nan_to_num(vol)[None])
+    elif kind == "t1w_mni1mm":
+        t1 = _t1_on_mni1mm()
+        brain = t1 > 0
+        crop = tuple(slice(a, b) for a, b in spec.get("crop", [[11, 171], [13, 205], [11, 171]]))
+        for _ in range(n):
+            vol = t1 * (1 + 0.1 * _smooth_field(rng, grid.MNI1MM_SHAPE, 12)) * brain
+            vol = vol / vol[brain].mean()
+            out.append(vol[crop][None])
+    else:
+        raise ValueError(f"no reference input for input kind {kind!r}")
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _t1_on_mni1mm() -> np.ndarray:
+    from nilearn.image import resample_img
+
+    from .. import grid
+    from ..templates import mni152_t1
+
+    img = resample_img(mni152_t1(), target_affine=grid.MNI1MM_AFFINE, target_shape=grid.MNI1MM_SHAPE,
+                       interpolation="linear", fill_value=0.0, force_resample=True, copy_header=True)
+    return np.clip(np.asarray(img.get_fdata(dtype=np.float32)), 0, None)
 
 
 def export_network(net: nn.Module) -> StaticGraphNet:

@@ -19,8 +19,12 @@ fastest exact engine on both the avx512_bf16 EPYC (2.90 vs 3.42 s) and the AVX2 
 project's CI (see the docs for figures and load).
 
 Self-check: before an engine scores anything, each fold's runner scores a fixed realistic input
-(:func:`bids_app.models.export.reference_input`) and must agree with PyTorch FP32 eager within
-1e-5 (FP32 engines) or 1e-3 (bf16 / fp16). A failed check, or an engine that fails to build, is
+of the package's input kind (:func:`bids_app.models.export.reference_input_for`) and must agree
+with PyTorch FP32 eager within 1e-5 (FP32 engines) or 1e-3 (bf16 / fp16), compared on what the
+package's heads read: probabilities for classification heads, the raw standardised outputs for
+regression heads (default: the sigmoid of every output, the BrainImageNet case). A package whose
+check cannot apply (no reference input for its kind) runs on ``torch-eager`` FP32, the reason in
+its provenance (``Fallbacks``). A failed check, or an engine that fails to build, is
 logged as a warning and the next candidate is tried. The FP32 reference scores are cached on disk
 (``$VBM_PREDICT_CACHE``, else ``$XDG_CACHE_HOME/vbm-predict`` or ``~/.cache/vbm-predict``) keyed by
 the fold's weights sha256, the PyTorch version and the CPU level, so a job array computes them once.
@@ -36,12 +40,13 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..graph import GraphNet
 from .cpu import CPUFeatures, cpu_features
 from .runners import Runner, engine_version, installed_engines, make_runner
 
@@ -62,6 +67,8 @@ log = logging.getLogger(__name__)
 #: Largest |score - PyTorch FP32 score| a runner may show on the reference input, per precision.
 TOLERANCE: dict[str, float] = {"fp32": 1e-5, "bf16": 1e-3, "fp16": 1e-3}
 _REFERENCE_TAG = "reference_input-v1-seed0"
+#: engines that run layer-graph networks (GraphNet: the IRv2 and imported Keras networks) only
+_GRAPH_ONLY = ("torch-fused", "openvino", "onnxruntime")
 
 
 class EngineCheckError(RuntimeError):
@@ -149,8 +156,16 @@ def cpu_fp32(net: nn.Module) -> nn.Module:
     return copy.deepcopy(net).float().cpu().eval()
 
 
-def _reference_scores(net: nn.Module, x: np.ndarray, key: str | None) -> np.ndarray:
-    """PyTorch FP32 eager scores of ``net`` on the reference input (cached on disk under ``key``)."""
+Activation = Callable[[np.ndarray], np.ndarray]
+
+
+def _sigmoid(raw: np.ndarray) -> np.ndarray:
+    """The BrainImageNet check values: the sigmoid of every raw output, float32, as float64."""
+    return torch.sigmoid(torch.from_numpy(np.asarray(raw, dtype=np.float32))).double().numpy()
+
+
+def _reference_scores(net: nn.Module, x: np.ndarray, key: str | None, activate: Activation = _sigmoid) -> np.ndarray:
+    """PyTorch FP32 eager check values of ``net`` on the reference input, N x K (cached on disk under ``key``)."""
     cache = _cache_dir()
     path = None
     if key is not None and cache is not None:
@@ -158,11 +173,12 @@ def _reference_scores(net: nn.Module, x: np.ndarray, key: str | None) -> np.ndar
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("key") == key:
-                return np.asarray(data["scores"], dtype=np.float64)
+                return np.asarray(data["scores"], dtype=np.float64).reshape(len(x), -1)
         except (OSError, ValueError, KeyError):
             pass
     with torch.inference_mode():
-        ref = torch.sigmoid(cpu_fp32(net)(torch.from_numpy(x))).double().numpy()
+        raw = cpu_fp32(net)(torch.from_numpy(x)).float().numpy().reshape(len(x), -1)
+    ref = np.asarray(activate(raw), dtype=np.float64)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,12 +191,17 @@ def _reference_scores(net: nn.Module, x: np.ndarray, key: str | None) -> np.ndar
 
 
 def self_check(runner: Runner, net: nn.Module, x: np.ndarray, *, what: str, tolerance: float | None = None,
-               reference: np.ndarray | None = None, cache_key: str | None = None) -> float:
-    """Largest |score difference| of ``runner`` against PyTorch FP32 on ``x``; raises beyond the bound."""
+               reference: np.ndarray | None = None, cache_key: str | None = None,
+               activate: Activation | None = None) -> float:
+    """Largest |check-value difference| of ``runner`` against PyTorch FP32 on ``x``; raises beyond the bound.
+
+    ``activate`` maps raw N x K outputs to what is compared (default: the sigmoid of each output).
+    """
     tol = TOLERANCE[runner.precision] if tolerance is None else tolerance
-    ref = _reference_scores(net, x, cache_key) if reference is None else reference
-    logits = np.asarray(runner(x), dtype=np.float64)
-    got = 1.0 / (1.0 + np.exp(-logits))
+    act = activate or _sigmoid
+    ref = _reference_scores(net, x, cache_key, act) if reference is None else np.asarray(reference).reshape(len(x), -1)
+    raw = np.asarray(runner(x), dtype=np.float32).reshape(len(x), -1)
+    got = np.asarray(act(raw), dtype=np.float64)
     if got.shape != ref.shape or not np.isfinite(got).all():
         raise EngineCheckError(
             f"{what}: {runner.engine} {runner.precision} gives output {got.shape}, expected {ref.shape}")
@@ -203,15 +224,34 @@ def prepare_engine(
     weights_sha256: Sequence[str] | None = None,
     threads: int | None = None,
     onnx_paths: Sequence[Path] | None = None,
+    check_input: np.ndarray | None = None,
+    activate: Activation | None = None,
+    check_tag: str = "",
+    no_check_reason: str | None = None,
 ) -> PreparedEngine:
     """Build and self-check the first candidate of ``order`` that works; warn about every one that did not.
 
     ``torch-eager`` FP32 is the reference itself and is never checked; it always works.
+    ``check_input`` is the reference input (default: the BrainImageNet one), ``activate`` what the
+    check compares (see :func:`self_check`), ``check_tag`` tells their cached references apart.
+    With ``no_check_reason`` no candidate can be proven, so every one but ``torch-eager`` is
+    skipped, that reason recorded in ``Fallbacks``.
     """
     feats = cpu_features()
-    x_ref: np.ndarray | None = None
+    x_ref: np.ndarray | None = check_input
     fallbacks: list[str] = []
     for cand in order:
+        if no_check_reason is not None and cand.engine != "torch-eager":
+            fallbacks.append(f"{cand.engine} {cand.precision}: {no_check_reason}")
+            log.info("inference engine not used for %s: %s %s: %s", name, cand.engine, cand.precision,
+                     no_check_reason)
+            continue
+        if cand.engine in _GRAPH_ONLY and not all(isinstance(net, GraphNet) for net in folds):
+            # not a failure: these engines exist for the layer-graph networks; say so and move on quietly
+            fallbacks.append(f"{cand.engine} {cand.precision}: runs layer-graph networks (GraphNet) only, "
+                             f"not {type(folds[0]).__name__}")
+            log.info("inference engine not used for %s: %s", name, fallbacks[-1])
+            continue
         if cand.engine == "torch-eager" and cand.precision == "fp32":
             runners = [make_runner(net, "torch-eager", "fp32", device) for net in folds]
             info = EngineInfo("torch-eager", torch.__version__, "fp32", str(device), feats.model, feats.level, rule,
@@ -228,8 +268,9 @@ def prepare_engine(
                                 onnx_path=onnx_paths[k] if onnx_paths else None)
                 key = None
                 if weights_sha256 is not None:
-                    key = f"{weights_sha256[k]}|{torch.__version__}|{feats.level}|{_REFERENCE_TAG}"
-                worst = max(worst, self_check(r, net, x_ref, what=f"{name} fold {k}", cache_key=key))
+                    key = f"{weights_sha256[k]}|{torch.__version__}|{feats.level}|{_REFERENCE_TAG}{check_tag}"
+                worst = max(worst, self_check(r, net, x_ref, what=f"{name} fold {k}", cache_key=key,
+                                              activate=activate))
                 runners.append(r)
         except Exception as exc:  # any build or check failure: fall back, loudly
             msg = f"{cand.engine} {cand.precision}: {exc}"

@@ -1,7 +1,11 @@
 """One runner per (engine, precision): a fold network made ready to map model inputs to logits.
 
-Every runner takes float32 N x 2 x 96 x 120 x 86 numpy inputs and returns float32 logits (N,),
-so the predictor and the self-check treat them alike. The engines:
+Every runner takes float32 N x C x ... numpy inputs (the package's input shape) and returns the
+network's float32 raw outputs as N x K (K = 1 for the IRv2 networks, whose forward gives (N,)
+logits), so the predictor and the self-check treat them alike. ``torch-fused``, ``openvino`` and
+``onnxruntime`` run layer-graph networks (:class:`~bids_app.models.graph.GraphNet`, every IRv2
+and imported Keras network) only; for any other network they refuse to build, and the engine
+choice falls back. The engines:
 
 * ``torch-eager`` the network as loaded (the FP32 reference every other runner is checked against);
 * ``torch-fast``  BatchNorm folded, channels-last 3D; FP32, or bf16 / fp16 autocast (CPU or CUDA);
@@ -35,7 +39,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclass
 class Runner:
-    """A fold network ready for one engine and precision: ``runner(x) -> logits``."""
+    """A fold network ready for one engine and precision: ``runner(x) -> raw outputs (N x K)``."""
 
     engine: str
     precision: str
@@ -114,7 +118,7 @@ def _torch_runner(net: nn.Module, engine: str, precision: str, device: torch.dev
             xb = xb.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.bfloat16,
                                                     enabled=autocast is not None):
-            return net(xb).float().cpu().numpy().reshape(-1)
+            return net(xb).float().cpu().numpy().reshape(len(x), -1)
 
     return Runner(engine, precision, str(device), run)
 
@@ -147,7 +151,7 @@ def _openvino_runner(net: nn.Module, precision: str, threads: int | None, onnx_p
 
     def run(x: np.ndarray) -> np.ndarray:
         out = request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
-        logits = np.array(next(iter(out.values())), dtype=np.float32).reshape(-1)  # a copy: buffers go next
+        logits = np.array(next(iter(out.values())), dtype=np.float32).reshape(len(x), -1)  # a copy: buffers go next
         # A compiled model keeps its activation buffers (about 0.65 GB for a full-size AD fold) after a
         # pass; six folds kept that way reached 5.8 GB per participant (bench/inference.py, issue 16's
         # bound is 3 GB). Releasing them after each pass keeps one network's activations at a time.
@@ -175,7 +179,7 @@ def _onnxruntime_runner(net: nn.Module, threads: int | None, onnx_path: Path | N
 
     def run(x: np.ndarray) -> np.ndarray:
         out = sess.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        return np.asarray(out, dtype=np.float32).reshape(len(x), -1)
 
     return Runner("onnxruntime", "fp32", "cpu", run)
 
@@ -197,6 +201,9 @@ def make_runner(net: nn.Module, engine: str, precision: str, device: torch.devic
         raise ValueError(f"engine {engine!r} runs on the CPU only (device {device})")
     if engine in ("torch-eager", "torch-fused", "onnxruntime") and precision != "fp32":
         raise ValueError(f"engine {engine!r} runs FP32 only, not {precision}")
+    if engine in ("torch-fused", "openvino", "onnxruntime") and not isinstance(net, GraphNet):
+        raise ValueError(f"engine {engine!r} runs layer-graph networks (GraphNet) only; "
+                         f"{type(net).__name__} is not one")
     if engine == "openvino" and precision == "fp16":
         raise ValueError("engine 'openvino' runs fp32 or bf16 on a CPU, not fp16")
     if engine == "torch-fused" and not isinstance(net, GraphNet):
