@@ -22,6 +22,7 @@ missing for that head.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -102,7 +103,15 @@ def task_heads(task: str) -> tuple[HeadSpec, ...]:
 
 
 def _regression_values(column: pd.Series) -> np.ndarray:
-    return pd.to_numeric(column.astype("string").replace({"n/a": pd.NA}), errors="coerce").to_numpy(float)
+    """Numbers of a column; n/a, text and non-finite values become NaN (missing)."""
+    out = np.full(len(column), np.nan)
+    for i, v in enumerate(column.tolist()):
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            continue
+    out[~np.isfinite(out)] = np.nan
+    return out
 
 
 class HeadSet:
@@ -254,8 +263,10 @@ def quantile_bins(v: np.ndarray, n_bins: int = 4) -> np.ndarray:
 def _multiclass_metrics(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
     yi = y.astype(int)
     pred = p.argmax(axis=1)
-    out = {"accuracy": float((pred == yi).mean()),
-           "balanced_accuracy": float(balanced_accuracy_score(yi, pred)) if len(set(yi)) > 1 else math.nan}
+    with warnings.catch_warnings():  # a subsample may predict a class it does not hold: that is fine here
+        warnings.simplefilter("ignore", UserWarning)
+        bacc = float(balanced_accuracy_score(yi, pred)) if len(set(yi.tolist())) > 1 else math.nan
+    out = {"accuracy": float((pred == yi).mean()), "balanced_accuracy": bacc}
     aucs = []
     for c, lab in enumerate(labels):
         pos = yi == c
