@@ -91,3 +91,6 @@ def test_family_options_are_checked(tmp_path: Path) -> None:
         args.func(args)
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--family", "resnet", "--task", "ad"])
+    args = parser.parse_args(base + ["--family", "brainimagenet", "--task", "cn_mci_ad"])
+    with pytest.raises(UsageError, match="one output; the task needs 3"):  # refused before any data is read
+        args.func(args)

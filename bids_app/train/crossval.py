@@ -172,6 +172,13 @@ def regional_fitter(rows: pd.DataFrame, y: np.ndarray, params: Mapping[str, Any]
     return fit
 
 
+def _registry_available(family: str) -> None:
+    try:
+        from ..models import architectures  # type: ignore[attr-defined]  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"the {family} family needs bids_app.models.architectures, missing in this build") from exc
+
+
 def _split(rows: pd.DataFrame, heads: HeadSet, y: np.ndarray, pool_idx: np.ndarray, fraction: float,
            seed: int) -> tuple[np.ndarray, np.ndarray]:
     pids = rows["participant_id"].to_numpy()[pool_idx]
@@ -444,6 +451,12 @@ def train_families(
         raise UsageError("--family needs at least one family")
     presets = [family_preset(f) for f in dict.fromkeys(families)]
     heads = HeadSet(task_heads(task))
+    for preset in presets:  # refuse before hours of training, not after the first family
+        network_params(preset, heads.n_outputs, width=cfg.width, extra=cfg.extra_params.get(preset.family))
+        if preset.family == "regional":
+            regional_fitter(pd.DataFrame(), np.empty((0, len(heads))), {})
+        elif preset.family not in (builders or {}) and preset.family != "brainimagenet":
+            _registry_available(preset.family)
     for s in sample_sizes:
         if int(s) < 1:
             raise UsageError(f"--sample-sizes must be >= 1; got {s}")
