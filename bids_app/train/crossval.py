@@ -21,6 +21,7 @@ cohort's (scale, offset) and each fold's output layer is rebased to it, so one h
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -159,7 +160,7 @@ def regional_fitter(rows: pd.DataFrame, y: np.ndarray, params: Mapping[str, Any]
     regional_linear state dict or None)``. The lead joins the real call here.
     """
     try:
-        from . import regional  # type: ignore[attr-defined]
+        regional = importlib.import_module("bids_app.train.regional")
     except ImportError as exc:
         raise UsageError("the regional family needs bids_app.train.regional, missing in this build") from exc
 
@@ -174,7 +175,7 @@ def regional_fitter(rows: pd.DataFrame, y: np.ndarray, params: Mapping[str, Any]
 
 def _registry_available(family: str) -> None:
     try:
-        from ..models import architectures  # type: ignore[attr-defined]  # noqa: F401
+        importlib.import_module("bids_app.models.architectures")
     except ImportError as exc:
         raise UsageError(f"the {family} family needs bids_app.models.architectures, missing in this build") from exc
 

@@ -191,16 +191,19 @@ _SHAPES: dict[str, tuple[int, ...]] = {"gm_crop2": (2, 96, 120, 86), "gm_spm1": 
 
 def _t1w_input(path: Path) -> np.ndarray:
     """SEAM: the SFCN input of a registered T1w; the lead points this at ``bids_app.model_input.make_input``."""
+    import importlib
+
+    from ..types import GMMaps
+
     try:
-        from ..model_input import make_input  # type: ignore[import-not-found]
-        from ..types import GMMaps
+        model_input = importlib.import_module("bids_app.model_input")
     except ImportError as exc:
         raise InputDataError(f"{path}: the t1w_mni1mm input needs bids_app.model_input, missing in this build") from exc
     img = nib.load(str(path))
-    t1 = np.asarray(img.get_fdata(dtype=np.float32))
-    maps = GMMaps(gmd=np.zeros((1, 1, 1), np.float32), gmv=np.zeros((1, 1, 1), np.float32), t1w_mni=t1,  # type: ignore
-                  backend="derivatives", backend_version="", provenance={}, qc={}, source_files=(path,))
-    return np.asarray(make_input("t1w_mni1mm", maps, {"kind": "t1w_mni1mm"}))
+    fields: dict[str, Any] = {"gmd": np.zeros((1, 1, 1), np.float32), "gmv": np.zeros((1, 1, 1), np.float32),
+                              "t1w_mni": np.asarray(img.get_fdata(dtype=np.float32)), "backend": "derivatives",
+                              "backend_version": "", "source_files": (path,)}
+    return np.asarray(model_input.make_input("t1w_mni1mm", GMMaps(**fields), {"kind": "t1w_mni1mm"}))
 
 
 def load_inputs(rows: pd.DataFrame, *, kind: str = "gm_crop2", progress: bool = False) -> np.ndarray:

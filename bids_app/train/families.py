@@ -26,6 +26,7 @@ overridden from the command line (``vbm-predict train --family ... --epochs/--lr
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Literal, Mapping
 
@@ -166,12 +167,12 @@ def _build(family: str, name: str, params: Mapping[str, Any]) -> nn.Module:
 
         return build_network(name, **params)
     try:
-        from ..models.architectures import build_network as registry_build  # type: ignore[import-not-found]
+        registry = importlib.import_module("bids_app.models.architectures")
     except ImportError as exc:
         raise UsageError(
             f"the {family} family's network ({name}) needs bids_app.models.architectures, missing in this build"
         ) from exc
-    net: nn.Module = registry_build(name, **params)
+    net: nn.Module = registry.build_network(name, **params)
     return net
 
 

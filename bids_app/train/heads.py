@@ -338,9 +338,10 @@ def subsample_ci(
         for k, v in fn(rng.choice(n, size=m, replace=False)).items():
             values.setdefault(k, []).append(v)
     q = [100.0 * (1.0 - level) / 2.0, 100.0 * (1.0 + level) / 2.0]
-    out = {}
+    out: dict[str, tuple[float, float]] = {}
     for k, vs in values.items():
         arr = np.asarray(vs, dtype=float)
         arr = arr[np.isfinite(arr)]
-        out[k] = (float(np.percentile(arr, q[0])), float(np.percentile(arr, q[1]))) if arr.size else (math.nan,) * 2
-    return out  # type: ignore[return-value]
+        nan = (math.nan, math.nan)
+        out[k] = (float(np.percentile(arr, q[0])), float(np.percentile(arr, q[1]))) if arr.size else nan
+    return out
