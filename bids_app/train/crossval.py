@@ -389,9 +389,9 @@ def _save(result: FamilyResult, card: dict[str, Any], out: Path, dtype: torch.dt
     if len(states) != len(result.fold_states):
         result.package_note = "no package: the fitter returned no weights for some folds"
         return
-    states = [rebase_regression_outputs(s, hk, result.heads) for s, hk in zip(states, result.fold_heads)]
     dest = out / "models" / f"{result.family}_{result.task}"
     try:
+        states = [rebase_regression_outputs(s, hk, result.heads) for s, hk in zip(states, result.fold_heads)]
         result.package = save_package(dest, card, states, dtype=dtype)
     except ModelPackageError as exc:
         if result.family == "brainimagenet" and result.task in ("sex", "ad"):
