@@ -47,7 +47,7 @@ from .families import (
     override_optim,
 )
 from .folds import inner_validation_split, nested_subsets, site_folds
-from .heads import HeadSet, head_metrics, main_metric, subsample_ci, task_heads
+from .heads import HeadSet, HeadSpec, head_metrics, main_metric, subsample_ci, task_heads
 from .loop import OptimConfig, evaluate, resolve_device, train_network
 
 __all__ = [
@@ -297,8 +297,11 @@ def _pooled(family: str, task: str, heads: HeadSet, fold_heads: Sequence[HeadSet
         if len(y) == 0:
             continue
         vals = head_metrics(h, y, p)
-        ci = subsample_ci(lambda idx, h=h, y=y, p=p: head_metrics(h, y[idx], p[idx]), len(y),
-                          n_resamples=n_resamples, seed=seed)
+
+        def on_subset(idx: np.ndarray, h: HeadSpec = h, y: np.ndarray = y, p: np.ndarray = p) -> dict[str, float]:
+            return head_metrics(h, y[idx], p[idx])
+
+        ci = subsample_ci(on_subset, len(y), n_resamples=n_resamples, seed=seed)
         for m, v in vals.items():
             lo, hi = ci.get(m, (math.nan, math.nan))
             out.append({"family": family, "task": task, "head": h.name, "metric": m, "value": v,
