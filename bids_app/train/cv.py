@@ -250,8 +250,17 @@ def make_card(result: TaskResult, cfg: TrainConfig, *, origin: str, synthetic: b
     }
 
 
-def write_report(out: Path, results: Sequence[TaskResult]) -> list[Path]:
-    """TSV tables and a learning-curves PNG per task under ``out/report``; returns the files."""
+def write_report(out: Path, results: Sequence[Any]) -> list[Path]:
+    """TSV tables and a training-curves PNG per task under ``out/report``; returns the files.
+
+    Results of :func:`bids_app.train.crossval.cross_validate` (any family, any task) go to
+    :func:`bids_app.train.crossval.write_comparison`: every family's metrics for a task side by side
+    in one table, and the learning curves.
+    """
+    from .crossval import FamilyResult, write_comparison
+
+    families = [r for r in results if isinstance(r, FamilyResult)]
+    results = [r for r in results if not isinstance(r, FamilyResult)]
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -282,6 +291,8 @@ def write_report(out: Path, results: Sequence[TaskResult]) -> list[Path]:
             fig.savefig(tmp, dpi=100)
         plt.close("all")
         written.append(p)
+    if families:
+        written += write_comparison(out, families)
     return written
 
 

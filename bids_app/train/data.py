@@ -16,7 +16,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -27,7 +27,10 @@ from ..errors import InputDataError, NoInputError
 from ..grid import is_on_grid, make_model_input, to_grid
 from ..labels import read_participant_labels
 
-__all__ = ["SITE_COLUMNS", "collect_cohort", "load_inputs", "maps_origin"]
+__all__ = ["SITE_COLUMNS", "collect_cohort", "load_inputs", "maps_origin", "INPUT_KINDS_LOADABLE"]
+
+#: input kinds :func:`load_inputs` builds
+INPUT_KINDS_LOADABLE: tuple[str, ...] = ("gm_crop2", "gm_spm1", "t1w_mni1mm")
 
 _log = logging.getLogger("bids_app.train")
 
@@ -39,10 +42,13 @@ _GMD_RE = re.compile(
 
 
 def collect_cohort(derivatives_dir: Path, participants_tsv: Path) -> pd.DataFrame:
-    """One row per (GMD, GMV) map pair with the participant's sex, diagnosis and site.
+    """One row per (GMD, GMV) map pair with the participant's labels and site.
 
     Columns: ``participant_id``, ``prefix`` (entity part of the names), ``gmd``, ``gmv`` (paths),
-    ``sex`` (male/female or NA), ``diagnosis`` (AD/CN/MCI or NA), ``site``. Maps of participants
+    ``sex`` (male/female or NA), ``diagnosis`` (AD/CN/MCI or NA), ``site``, ``age`` (years or NaN),
+    ``mci_progression`` (pMCI / sMCI or NA; a session's row in ``sessions.tsv`` overrides the
+    participant's age, diagnosis and progression), ``t1w_mni`` (path of a registered 1 mm MNI T1w
+    next to the maps, or NA). Maps of participants
     missing from the table are dropped with a warning; a table without a site column is refused
     (leave-sites-out validation needs sites).
     """
@@ -101,7 +107,71 @@ def collect_cohort(derivatives_dir: Path, participants_tsv: Path) -> pd.DataFram
             f"{derivatives_dir}: no GM map pairs named *_space-{SPACE}_label-GM_probseg.nii.gz and "
             f"*_space-{SPACE}_label-GM_desc-modulated_probseg.nii.gz for participants in {participants_tsv}"
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return _with_extra_labels(table, participants_tsv.parent)
+
+
+_PROGRESSION = {"pmci": "pMCI", "smci": "sMCI", "progressive": "pMCI", "stable": "sMCI"}
+
+
+def _read_tsv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputDataError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
+
+
+def _with_extra_labels(table: pd.DataFrame, bids_root: Path) -> pd.DataFrame:
+    """SEAM: age and MCI progression (participants.tsv, overridden per session by sessions.tsv).
+
+    The lead points this at :mod:`bids_app.labels` once it reads ``age``, ``mci_progression`` and
+    sessions.tsv (the issue-15 contract: one table keyed by participant_id + session_id).
+    """
+    def age_of(v: str) -> float:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    def prog_of(v: str) -> Any:
+        return _PROGRESSION.get(str(v).strip().lower(), pd.NA)
+
+    from ..labels import parse_diagnosis
+
+    raw = _read_tsv(bids_root / "participants.tsv")
+    raw["participant_id"] = raw["participant_id"].str.strip().map(lambda p: p if p.startswith("sub-") else f"sub-{p}")
+    base = raw.set_index("participant_id")
+    ages = base["age"].map(age_of).to_dict() if "age" in base else {}
+    progs = base["mci_progression"].map(prog_of).to_dict() if "mci_progression" in base else {}
+    table = table.assign(age=[ages.get(p, np.nan) for p in table["participant_id"]],
+                         mci_progression=pd.array([progs.get(p, pd.NA) for p in table["participant_id"]],
+                                                  dtype="string"),
+                         diagnosis=table["diagnosis"].astype("string"))
+    sessions: dict[str, pd.DataFrame] = {}
+    for i, r in enumerate(table.itertuples(index=False)):
+        ses = next((e[4:] for e in str(r.prefix).split("_") if e.startswith("ses-")), None)
+        if ses is None:
+            continue
+        pid = str(r.participant_id)
+        if pid not in sessions:
+            path = bids_root / pid / f"{pid}_sessions.tsv"
+            sessions[pid] = _read_tsv(path).set_index("session_id") if path.is_file() else pd.DataFrame()
+        st = sessions[pid]
+        key = f"ses-{ses}"
+        if st.empty or key not in st.index:
+            continue
+        row = st.loc[key]
+        if "age" in st.columns and np.isfinite(age_of(row["age"])):
+            table.loc[table.index[i], "age"] = age_of(row["age"])
+        if "diagnosis" in st.columns and parse_diagnosis(row["diagnosis"]) is not None:
+            table.loc[table.index[i], "diagnosis"] = parse_diagnosis(row["diagnosis"])
+        if "mci_progression" in st.columns and not pd.isna(prog_of(row["mci_progression"])):
+            table.loc[table.index[i], "mci_progression"] = prog_of(row["mci_progression"])
+    t1 = []
+    for r in table.itertuples(index=False):
+        found = sorted(Path(r.gmd).parent.glob(f"{r.prefix}_space-MNI152*_desc-preproc_T1w.nii*"))
+        t1.append(found[0] if found else pd.NA)
+    return table.assign(t1w_mni=t1)
 
 
 def _read_map(path: Path) -> np.ndarray:
@@ -115,16 +185,54 @@ def _read_map(path: Path) -> np.ndarray:
     return data.reshape(data.shape[:3])
 
 
-def load_inputs(rows: pd.DataFrame, *, progress: bool = False) -> np.ndarray:
-    """Model inputs (N x 2 x 96 x 120 x 86, float16 as the reference stored them) for ``rows``."""
-    out = np.empty((len(rows), 2, 96, 120, 86), dtype=np.float16)
+_SHAPES: dict[str, tuple[int, ...]] = {"gm_crop2": (2, 96, 120, 86), "gm_spm1": (1, 121, 145, 121),
+                                       "t1w_mni1mm": (1, 160, 192, 160)}
+
+
+def _t1w_input(path: Path) -> np.ndarray:
+    """SEAM: the SFCN input of a registered T1w; the lead points this at ``bids_app.model_input.make_input``."""
+    import importlib
+
+    from ..types import GMMaps
+
+    try:
+        model_input = importlib.import_module("bids_app.model_input")
+    except ImportError as exc:
+        raise InputDataError(f"{path}: the t1w_mni1mm input needs bids_app.model_input, missing in this build") from exc
+    img = nib.load(str(path))
+    fields: dict[str, Any] = {"gmd": np.zeros((1, 1, 1), np.float32), "gmv": np.zeros((1, 1, 1), np.float32),
+                              "t1w_mni": np.asarray(img.get_fdata(dtype=np.float32)), "backend": "derivatives",
+                              "backend_version": "", "source_files": (path,)}
+    return np.asarray(model_input.make_input("t1w_mni1mm", GMMaps(**fields), {"kind": "t1w_mni1mm"}))
+
+
+def load_inputs(rows: pd.DataFrame, *, kind: str = "gm_crop2", progress: bool = False) -> np.ndarray:
+    """Model inputs of ``kind`` for ``rows``, float16 as the reference stored them.
+
+    * ``gm_crop2``: N x 2 x 96 x 120 x 86, GMD and GMV brain-masked and cropped (BrainImageNet);
+    * ``gm_spm1``: N x 1 x 121 x 145 x 121, the GMV map on the SPM grid, uncropped, unmasked, NaN -> 0
+      (Clinica t1-volume's modulated GM, as ClinicaDL and the MOX reproduction read it);
+    * ``t1w_mni1mm``: N x 1 x 160 x 192 x 160 from the ``t1w_mni`` column (SFCN).
+    """
+    if kind not in _SHAPES:
+        raise InputDataError(f"input kind {kind!r} cannot be built for training; known: {', '.join(_SHAPES)}")
+    out = np.empty((len(rows), *_SHAPES[kind]), dtype=np.float16)
     it: Sequence = list(rows.itertuples(index=False))
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="load maps", unit="map pair")
+        it = tqdm(it, desc=f"load {kind}", unit="input")
     for i, r in enumerate(it):
-        out[i] = make_model_input(_read_map(Path(r.gmd)), _read_map(Path(r.gmv)), dtype=np.float16)
+        if kind == "gm_crop2":
+            out[i] = make_model_input(_read_map(Path(r.gmd)), _read_map(Path(r.gmv)), dtype=np.float16)
+        elif kind == "gm_spm1":
+            out[i, 0] = np.nan_to_num(_read_map(Path(r.gmv)), nan=0.0, posinf=0.0, neginf=0.0)
+        else:
+            t1 = getattr(r, "t1w_mni", pd.NA)
+            if pd.isna(t1):
+                raise InputDataError(f"{r.gmd}: no registered 1 mm MNI T1w (*_space-MNI152*_desc-preproc_T1w.nii.gz) "
+                                     "next to the maps; the sfcn family needs it")
+            out[i] = _t1w_input(Path(t1))
     return out
 
 

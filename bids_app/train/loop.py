@@ -1,8 +1,17 @@
-"""One network, one training run: SGD (Keras-style decay), best epoch by validation loss, resumable.
+"""One network, one training run: SGD or Adam (Keras-style decay), best epoch by validation loss, early
+stopping, any heads (binary, multi-class, regression, multi-task), resumable.
 
 Why Keras-style decay: the reference system trained with Keras 2.2.4's ``SGD(lr, momentum=0.9,
 nesterov=True, decay=d)``, whose learning rate after ``t`` updates is ``lr / (1 + d * t)``; the same
 schedule is reproduced with a ``LambdaLR`` stepped per update.
+
+Early stopping (``patience``): the transferable-3D-CNN experiments (CNN-5 family) stopped training
+when the validation loss had not improved for 10 epochs; with ``patience = None`` every epoch runs
+(the reference system's fixed 10 epochs). The best epoch's weights are kept either way.
+
+Heads: without ``heads`` the network is a BrainImageNet binary classifier ((N,) logits, BCE); with a
+:class:`~bids_app.train.heads.HeadSet` the targets are (N, n_heads) and the loss is the heads' masked
+weighted sum.
 
 Checkpoints are plain ``torch.save`` dictionaries of tensors, numbers and lists (no objects), read
 back with ``torch.load(weights_only=True)``, written atomically after every epoch: a killed run
@@ -26,6 +35,7 @@ from .._io import atomic_path
 from ..errors import InputDataError, UsageError
 from ..models.device import resolve_device
 from ..types import OPTIMIZER_CHOICES, OptimizerName
+from .heads import HeadSet
 
 __all__ = [
     "OptimConfig",
@@ -52,6 +62,7 @@ class OptimConfig:
     decay: float = 1e-3
     batch_size: int = 24
     epochs: int = 10
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZER_CHOICES:
@@ -62,6 +73,8 @@ class OptimConfig:
             raise UsageError(f"the learning-rate decay must be >= 0; got {self.decay}")
         if self.batch_size < 1 or self.epochs < 1:
             raise UsageError(f"--batch-size and --epochs must be >= 1; got {self.batch_size} and {self.epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"--patience must be >= 1 epoch; got {self.patience}")
 
 
 @dataclass
@@ -72,6 +85,7 @@ class TrainResult:
     best_epoch: int
     best_val_loss: float
     history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
 
 
 def set_trainable(net: nn.Module, frozen: Sequence[nn.Module]) -> None:
@@ -134,20 +148,44 @@ def _to_device(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Te
 
 
 def evaluate(
-    net: nn.Module, x: np.ndarray, y: np.ndarray | None, device: torch.device, batch_size: int = 4
+    net: nn.Module, x: np.ndarray, y: np.ndarray | None, device: torch.device, batch_size: int = 4,
+    heads: HeadSet | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Sigmoid scores of ``net`` on ``x`` and the mean BCE loss against ``y`` (nan without ``y``)."""
+    """Scores of ``net`` on ``x`` and the mean loss against ``y`` (nan without ``y``).
+
+    Without ``heads``: sigmoid scores (N,) and BCE. With ``heads``: the raw outputs (N, K) (decode
+    them with :meth:`HeadSet.decode`) and the heads' loss, averaged over rows.
+    """
     net.eval()
-    scores = np.empty(len(x), dtype=np.float64)
+    scores = np.empty(len(x), dtype=np.float64) if heads is None else np.empty((len(x), heads.n_outputs))
     loss_sum = 0.0
     with torch.inference_mode():
         for idx in _batches(len(x), batch_size, None):
             logits = net(_to_device(x, idx, device)).float()
-            scores[idx] = torch.sigmoid(logits).cpu().double().numpy()
+            if heads is None:
+                scores[idx] = torch.sigmoid(logits).cpu().double().numpy()
+            else:
+                scores[idx] = (logits[:, None] if logits.ndim == 1 else logits).cpu().double().numpy()
             if y is not None:
                 yb = torch.as_tensor(y[idx], dtype=torch.float32, device=device)
-                loss_sum += float(nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="sum"))
+                if heads is None:
+                    loss_sum += float(nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="sum"))
+                else:
+                    loss_sum += float(heads.loss(logits, yb)) * len(idx)
     return scores, (loss_sum / len(x) if y is not None and len(x) else math.nan)
+
+
+def _val_accuracy(scores: np.ndarray, y: np.ndarray, heads: HeadSet | None) -> float:
+    """Accuracy of the first classification head on validation rows (nan for regression-only tasks)."""
+    if heads is None:
+        return float(((scores >= 0.5) == (np.asarray(y) > 0.5)).mean())
+    for j, (h, pred) in enumerate(zip(heads.heads, heads.decode(scores))):
+        ok = np.isfinite(y[:, j])
+        if h.kind == "regression" or not ok.any():
+            continue
+        yhat = pred.argmax(axis=1) if pred.ndim == 2 else (pred >= 0.5).astype(int)
+        return float((yhat[ok] == y[ok, j]).mean())
+    return math.nan
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -168,11 +206,14 @@ def train_network(
     checkpoint: Path | None = None,
     progress: bool = False,
     desc: str = "train",
+    heads: HeadSet | None = None,
 ) -> TrainResult:
-    """Train ``net`` (logits out) with binary cross-entropy and keep the best epoch by validation loss.
+    """Train ``net`` and keep the best epoch by validation loss.
 
-    Without validation data (``len(x_val) == 0``) the last epoch is kept. ``checkpoint``: where the
-    state is saved after every epoch; if it exists the run resumes from it.
+    Without ``heads``: (N,) logits, 0/1 labels ``y``, binary cross-entropy. With ``heads``: (N, K)
+    outputs, (N, n_heads) targets (NaN = missing), the heads' loss. Without validation data
+    (``len(x_val) == 0``) the last epoch is kept and there is no early stopping. ``checkpoint``:
+    where the state is saved after every epoch; if it exists the run resumes from it.
     """
     if len(x_train) == 0:
         raise InputDataError("no training data: the training split holds no participant")
@@ -205,7 +246,19 @@ def train_network(
     for _ in range(start):  # keep the shuffling sequence identical to an uninterrupted run
         rng.permutation(len(x_train))
     y_train = np.asarray(y_train, dtype=np.float32)
+
+    def loss_of(out: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if heads is None:
+            return nn.functional.binary_cross_entropy_with_logits(out.float(), yb)
+        return heads.loss(out, yb)
+
+    def patience_spent(epoch: int) -> bool:
+        return bool(config.patience is not None and len(x_val) and epoch - best_epoch >= config.patience)
+
+    stopped = patience_spent(start) if start else False
     for epoch in range(start + 1, config.epochs + 1):
+        if stopped:
+            break
         net.train()
         _frozen_eval(net)
         batches = _batches(len(x_train), config.batch_size, rng)
@@ -219,7 +272,7 @@ def train_network(
             xb = _to_device(x_train, idx, device)
             yb = torch.as_tensor(y_train[idx], device=device)
             opt.zero_grad(set_to_none=True)
-            loss = nn.functional.binary_cross_entropy_with_logits(net(xb).float(), yb)
+            loss = loss_of(net(xb), yb)
             loss.backward()
             opt.step()
             sched.step()
@@ -227,8 +280,8 @@ def train_network(
         train_loss = loss_sum / len(x_train)
         recalibrate_batchnorm(net, x_train, device, max(config.batch_size, 4))
         if len(x_val):
-            scores, val_loss = evaluate(net, x_val, y_val, device)
-            val_acc = float(((scores >= 0.5) == (np.asarray(y_val) > 0.5)).mean())
+            scores, val_loss = evaluate(net, x_val, y_val, device, heads=heads)
+            val_acc = _val_accuracy(scores, np.asarray(y_val), heads)
         else:
             val_loss, val_acc = math.nan, math.nan
         history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc,
@@ -240,6 +293,10 @@ def train_network(
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         _log.info("%s epoch %d: train loss %.4f, val loss %.4f, val acc %.3f",
                   desc, epoch, train_loss, val_loss, val_acc)
+        stopped = patience_spent(epoch)
+        if stopped:
+            _log.info("%s: no better validation loss for %d epochs; stopped after epoch %d (best %d)",
+                      desc, config.patience, epoch, best_epoch)
         if checkpoint is not None:
             _save_checkpoint(
                 Path(checkpoint),
@@ -249,4 +306,5 @@ def train_network(
                  "torch_rng": torch.get_rng_state()},
             )
     net.load_state_dict(best_state)
-    return TrainResult(best_state=best_state, best_epoch=best_epoch, best_val_loss=best_val, history=history)
+    return TrainResult(best_state=best_state, best_epoch=best_epoch, best_val_loss=best_val, history=history,
+                       stopped_early=stopped)
