@@ -213,6 +213,8 @@ def _inner_splits(y: np.ndarray, groups_site: np.ndarray, groups_pid: np.ndarray
         splits = list(splitter.split(np.zeros((len(y), 1)), y, groups))
     if kind != "regression":  # an inner training part must hold every class
         splits = [(tr, te) for tr, te in splits if len(set(y[tr].tolist())) == len(set(y.tolist()))]
+        if not splits:
+            return [], f"none (no inner split over {what} keeps every class in its training part)"
     return splits, f"{type(splitter).__name__}({k}) over whole {what} of the training folds"
 
 
@@ -460,8 +462,9 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
                     "(StandardScaler on the training folds); absolute volumes, not divided by total GM",
         "penalty": "l2",
         "grid": {fits[0].penalty_name: list(ALPHA_GRID if task.kind == "regression" else C_GRID)},
-        "inner_cv": fits[0].inner_cv,
-        "chosen": [{"fold": k, fits[k].penalty_name: fits[k].penalty} for k in range(len(fits))],
+        "scoring": "neg_mean_absolute_error" if task.kind == "regression" else "neg_log_loss",
+        "chosen": [{"fold": k, fits[k].penalty_name: fits[k].penalty, "inner_cv": fits[k].inner_cv}
+                   for k in range(len(fits))],
     }
     if task.kind == "regression":
         estimator["target"] = f"(value - {result.offset:g}) / {result.scale:g} (cohort mean and SD; units only)"
