@@ -205,6 +205,8 @@ def _inner_splits(y: np.ndarray, groups_site: np.ndarray, groups_pid: np.ndarray
     groups, what = (groups_site, "sites") if n_sites >= 3 else (groups_pid, "participants")
     n_groups = len(set(groups.tolist()))
     k = min(_MAX_INNER_SPLITS, n_groups)
+    if kind != "regression":  # stratified splits need at least k members of the smallest class
+        k = min(k, int(np.bincount(np.asarray(y, dtype=int)).min()))
     if k < 2:
         return [], "none (fewer than two groups in the training folds)"
     splitter = GroupKFold(n_splits=k) if kind == "regression" else StratifiedGroupKFold(n_splits=k)
