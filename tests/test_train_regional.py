@@ -111,7 +111,8 @@ def test_module_equals_sklearn(kind: str) -> None:
     # safetensors round trip into a network built from the card's params alone (no atlas file)
     state = {k: v.contiguous() for k, v in net.state_dict().items()}
     assert state["labels"].dtype == torch.int16
-    fresh = RegionalLinear(n_regions=8, n_outputs=net.n_outputs, atlas="AAL", input_shape=SMALL)
+    fresh = RegionalLinear(n_regions=8, n_outputs=net.n_outputs, atlas="AAL", input_shape=SMALL,
+                           normalise=task.normalise)
     fresh.load_state_dict(st_load(st_save(state)))
     np.testing.assert_array_equal(fresh(x64).detach().numpy(), net(x64).numpy())
     as_f32 = {k: v.float() for k, v in state.items()}  # what save_package writes for a float32 package
@@ -202,7 +203,8 @@ def test_ad_baseline_beats_chance_leaving_sites_out(aal) -> None:
     card = make_card(res, aal, origin="synthetic-ground-truth", synthetic=True, data_note="test cohort", n_folds=3)
     assert card["schema_version"] == 2 and card["family"] == "regional"
     assert card["architecture"] == {"name": "regional_linear",
-                                    "params": {"n_regions": aal.n_regions, "n_outputs": 1, "atlas": "AAL"}}
+                                    "params": {"n_regions": aal.n_regions, "n_outputs": 1, "atlas": "AAL",
+                                               "normalise": "total_gm"}}
     assert card["input"]["kind"] == "gm_spm1" and card["input"]["channels"] == ["GMV"]
     assert card["input"]["shape"] == [1, 121, 145, 121]
     assert card["heads"] == [{"name": "ad", "kind": "binary", "target": "diagnosis", "outputs": [0, 1],

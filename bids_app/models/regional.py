@@ -18,10 +18,12 @@ What the module holds (all in its state dict, so a package needs no atlas file a
 
 Input: the ``gm_spm1`` kind with channel ``GMV`` (N x 1 x 121 x 145 x 121, modulated GM on the SPM
 1.5 mm grid, NaN set to 0). Region volume = sum of GMV over the region's voxels x voxel volume, in
-mL. Volumes are absolute, not divided by total GM or intracranial volume: GM maps alone give no
-intracranial volume; total GM itself shrinks with the atrophy being measured, so dividing by it
-would cancel part of the global signal; head size is the main signal for sex; and the linear model
-sees every region, so it can weigh the overall-size direction itself.
+mL. ``normalise="total_gm"`` turns them into percent of the GM summed over all regions (GM maps
+alone give no intracranial volume). Which to use depends on the task: head size is the main signal
+for sex and global GM loss for age (absolute volumes); for AD and MCI the local medial-temporal loss
+is the signal, and with a hundred regions that all scale with head size and few training
+participants, an L2 model on absolute volumes is dominated by that shared head-size direction
+(proportional volumes remove it).
 
 Arithmetic is float64 inside (sums of about two million voxels, then standardisation): float32
 would move logits by about 1e-5. The output has the input's floating dtype. Autocast is switched
@@ -40,9 +42,11 @@ from torch import nn
 from .. import grid
 from ..errors import ModelPackageError
 
-__all__ = ["ARCHITECTURE", "RegionalLinear", "build_regional_linear"]
+__all__ = ["ARCHITECTURE", "NORMALISE_CHOICES", "RegionalLinear", "build_regional_linear", "percent_of_total"]
 
 ARCHITECTURE = "regional_linear"
+#: "none": absolute region volumes (mL); "total_gm": percent of the GM summed over all regions
+NORMALISE_CHOICES: tuple[str, ...] = ("none", "total_gm")
 _VOXEL_ML = grid.SPM_VOXEL_VOLUME_MM3 / 1000.0
 
 
@@ -56,6 +60,7 @@ class RegionalLinear(nn.Module):
     atlas : name of the atlas the labels come from (the card's provenance says which file).
     input_shape : grid of the labels and of the input maps (the SPM grid; smaller grids for tests).
     voxel_volume_ml : volume of one voxel in mL (the SPM grid's 1.5 mm voxels: 0.003375).
+    normalise : ``"none"`` (absolute mL) or ``"total_gm"`` (percent of the GM summed over all regions).
     """
 
     def __init__(
@@ -65,6 +70,7 @@ class RegionalLinear(nn.Module):
         atlas: str = "AAL",
         input_shape: Sequence[int] = grid.SPM_SHAPE,
         voxel_volume_ml: float = _VOXEL_ML,
+        normalise: str = "none",
     ) -> None:
         super().__init__()
         if int(n_regions) < 1 or int(n_outputs) < 1:
@@ -74,6 +80,9 @@ class RegionalLinear(nn.Module):
         self.atlas = str(atlas)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.voxel_volume_ml = float(voxel_volume_ml)
+        if normalise not in NORMALISE_CHOICES:
+            raise ValueError(f"normalise must be one of {NORMALISE_CHOICES}, got {normalise!r}")
+        self.normalise = normalise
         self.register_buffer("labels", torch.zeros(self.input_shape, dtype=torch.int16))
         self.register_buffer("mean", torch.zeros(self.n_regions, dtype=torch.float64))
         self.register_buffer("scale", torch.ones(self.n_regions, dtype=torch.float64))
@@ -120,7 +129,10 @@ class RegionalLinear(nn.Module):
 
     def forward_regions(self, volumes: torch.Tensor) -> torch.Tensor:
         """(N, n_outputs) float64 raw outputs from region volumes in mL (what scikit-learn was fitted on)."""
-        z = (volumes.to(torch.float64) - self.mean) / self.scale
+        v = volumes.to(torch.float64)
+        if self.normalise == "total_gm":
+            v = 100.0 * v / v.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        z = (v - self.mean) / self.scale
         return nn.functional.linear(z, self.linear.weight.to(torch.float64), self.linear.bias.to(torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,6 +153,12 @@ def _check_loaded(module: nn.Module, incompatible: Any) -> None:
         )
     if not bool(torch.all(torch.isfinite(module.scale) & (module.scale > 0))):
         raise ModelPackageError("regional_linear: region scales must be finite and positive")
+
+
+def percent_of_total(volumes: np.ndarray) -> np.ndarray:
+    """Region volumes as percent of their sum per row (the ``total_gm`` features; scikit-learn side)."""
+    v = np.asarray(volumes, dtype=np.float64)
+    return 100.0 * v / np.maximum(v.sum(axis=1, keepdims=True), 1e-12)
 
 
 def build_regional_linear(**params: Any) -> RegionalLinear:

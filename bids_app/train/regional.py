@@ -43,14 +43,14 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from threadpoolctl import threadpool_limits
 
 from .. import RESEARCH_USE_NOTICE, __version__, grid
 from .._io import atomic_path, sha256_file, write_json
 from ..errors import InputDataError, UsageError
 from ..metrics import binary_metrics
-from ..models.regional import ARCHITECTURE, RegionalLinear
+from ..models.regional import ARCHITECTURE, RegionalLinear, percent_of_total
 from .folds import site_folds
 
 __all__ = [
@@ -92,13 +92,16 @@ class RegionalTask:
     labels: tuple[str, ...] = ()  # binary: (negative, positive); multiclass: class order
     unit: str = ""
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    normalise: str = "none"  # "none" | "total_gm" (see bids_app.models.regional)
 
 
 REGIONAL_TASKS: dict[str, RegionalTask] = {
     "sex": RegionalTask("sex", "binary", "sex", ("female", "male"), thresholds={"default": 0.5}),
-    "ad": RegionalTask("ad", "binary", "diagnosis", ("CN", "AD"), thresholds={"default": 0.5, "screening": 0.3}),
-    "cn_mci_ad": RegionalTask("cn_mci_ad", "multiclass", "diagnosis", ("CN", "MCI", "AD")),
-    "pmci": RegionalTask("pmci", "binary", "mci_progression", ("sMCI", "pMCI"), thresholds={"default": 0.5}),
+    "ad": RegionalTask("ad", "binary", "diagnosis", ("CN", "AD"), thresholds={"default": 0.5, "screening": 0.3},
+                       normalise="total_gm"),
+    "cn_mci_ad": RegionalTask("cn_mci_ad", "multiclass", "diagnosis", ("CN", "MCI", "AD"), normalise="total_gm"),
+    "pmci": RegionalTask("pmci", "binary", "mci_progression", ("sMCI", "pMCI"), thresholds={"default": 0.5},
+                         normalise="total_gm"),
     "brain_age": RegionalTask("brain_age", "regression", "age", unit="years"),
 }
 
@@ -252,7 +255,8 @@ def _fit(volumes: np.ndarray, y: np.ndarray, task: RegionalTask, sites: Sequence
     splits, how = _inner_splits(target if task.kind != "regression" else np.zeros(len(x)),
                                 np.asarray(sites, dtype=object), np.asarray(participant_ids, dtype=object), task.kind)
     key = f"{type(est).__name__.lower()}__{name}"
-    pipe = make_pipeline(StandardScaler(), est)
+    steps = [FunctionTransformer(percent_of_total)] if task.normalise == "total_gm" else []
+    pipe = make_pipeline(*steps, StandardScaler(), est)
     scores: dict[str, float] = {}
     if splits:
         search = GridSearchCV(pipe, {key: list(grid_values)}, cv=splits, scoring=scoring, refit=True,
@@ -279,8 +283,9 @@ def sklearn_outputs(fitted: FittedRegional, volumes: np.ndarray) -> np.ndarray:
 
 def to_module(fitted: FittedRegional, labels: np.ndarray, n_regions: int, atlas: str = "AAL") -> RegionalLinear:
     """A ``RegionalLinear`` holding ``labels`` and the fitted scaler and coefficients (eval mode)."""
-    scaler, est = fitted.pipeline[0], fitted.pipeline[-1]
-    net = RegionalLinear(n_regions=n_regions, n_outputs=fitted.n_outputs, atlas=atlas, input_shape=labels.shape)
+    scaler, est = fitted.pipeline[-2], fitted.pipeline[-1]
+    net = RegionalLinear(n_regions=n_regions, n_outputs=fitted.n_outputs, atlas=atlas, input_shape=labels.shape,
+                         normalise=fitted.task.normalise)
     net.set_atlas(labels)
     net.set_linear(scaler.mean_, scaler.scale_, np.reshape(est.coef_, (fitted.n_outputs, n_regions)),
                    np.reshape(est.intercept_, (fitted.n_outputs,)))
@@ -460,8 +465,9 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
         "library": "scikit-learn",
         "model": ("Ridge" if task.kind == "regression"
                   else "LogisticRegression" + (" (multinomial)" if task.kind == "multiclass" else "")),
-        "features": f"GM volume (mL) of {atlas.n_regions} {atlas.name} regions of the GMV map, standardised "
-                    "(StandardScaler on the training folds); absolute volumes, not divided by total GM",
+        "features": f"GM volume (mL) of {atlas.n_regions} {atlas.name} regions of the GMV map"
+                    + (", as percent of their total" if task.normalise == "total_gm" else " (absolute)")
+                    + ", standardised (StandardScaler on the training folds)",
         "penalty": "l2",
         "grid": {fits[0].penalty_name: list(ALPHA_GRID if task.kind == "regression" else C_GRID)},
         "scoring": "neg_mean_absolute_error" if task.kind == "regression" else "neg_log_loss",
@@ -478,7 +484,7 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
         "version": version,
         "architecture": {"name": ARCHITECTURE,
                          "params": {"n_regions": atlas.n_regions, "n_outputs": result.modules[0].n_outputs,
-                                    "atlas": atlas.name}},
+                                    "atlas": atlas.name, "normalise": task.normalise}},
         "input": {"kind": "gm_spm1", "shape": [1, *grid.SPM_SHAPE], "channels": ["GMV"], "mask": "none",
                   "dtype": "float32",
                   "grid": {"shape": list(grid.SPM_SHAPE), "affine": np.asarray(grid.SPM_AFFINE).tolist()}},
