@@ -74,7 +74,7 @@ _SPECS = (
     ArchitectureSpec("sfcn", "sfcn", "bids_app.models.sfcn:SFCN", frozenset(
         {"channels", "n_outputs", "in_channels", "input_shape", "dropout"}), "vector"),
     ArchitectureSpec("regional_linear", "regional", "bids_app.models.regional:RegionalLinear", frozenset(
-        {"n_regions", "n_outputs", "atlas"}), "vector"),
+        {"n_regions", "n_outputs", "atlas", "input_shape", "normalise"}), "vector"),
 )
 #: name -> :class:`ArchitectureSpec`, in the order of the table above.
 ARCHITECTURES: Mapping[str, ArchitectureSpec] = MappingProxyType({s.name: s for s in _SPECS})

@@ -588,3 +588,56 @@ def train_regional(
         results.append(res)
     write_json(out / "report" / "regional_summary.json", summary)
     return results
+
+
+# ------------------------------------------------------------------------------------------------
+# one fold of the family comparison (bids_app.train.crossval)
+
+
+def task_for_head(head: Any) -> RegionalTask:
+    """The baseline's task for one network head (:class:`bids_app.models.heads.HeadSpec`).
+
+    Diagnosis and MCI progression are fitted on percent of total GM (the known task list's choice,
+    :data:`REGIONAL_TASKS`); sex and age on absolute volumes.
+    """
+    known = REGIONAL_TASKS.get(head.name)
+    normalise = known.normalise if known is not None else (
+        "total_gm" if head.target in ("diagnosis", "mci_progression") else "none")
+    return RegionalTask(head.name, head.kind, head.target, tuple(head.labels), unit=head.unit or "",
+                        thresholds=dict(head.thresholds), normalise=normalise)
+
+
+def _volumes_of(rows: pd.DataFrame, atlas: RegionalAtlas) -> np.ndarray:
+    """(N, R) regional GM volumes (mL) of the rows' GMV maps, one map in memory at a time."""
+    out = np.empty((len(rows), atlas.n_regions), dtype=np.float64)
+    for i, path in enumerate(rows["gmv"]):
+        out[i] = region_volumes(_read_gmv(Path(path))[None], atlas.labels, atlas.n_regions)[0]
+    return out
+
+
+def fit_predict(train_rows: pd.DataFrame, y_train: np.ndarray, test_rows: pd.DataFrame, heads: Any, *,
+                params: Mapping[str, Any], seed: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Fit the baseline on ``train_rows`` and return the raw outputs of ``test_rows`` and its state dict.
+
+    ``heads`` is the fold's :class:`bids_app.train.heads.HeadSet` (one head: the baseline serves one
+    target per task); ``y_train`` its (N, 1) targets (class index, or value; NaN = missing). Raw outputs
+    are in the head's raw space: logits, or ``(value - offset) / scale`` with the fold's standardisation,
+    as the networks' outputs are, so the comparison decodes both the same way. ``params`` are the
+    architecture parameters (unused: the region count comes from the atlas).
+    """
+    del params
+    if len(heads) != 1:
+        raise UsageError("the regional baseline predicts one target per task; multi-task heads need a network family")
+    head = heads.heads[0]
+    task = task_for_head(head)
+    y = np.asarray(y_train, dtype=float).reshape(len(train_rows), -1)[:, 0]
+    keep = np.isfinite(y)
+    atlas = regional_atlas()
+    train = train_rows[keep]
+    fitted = fit_regional(_volumes_of(train, atlas), y[keep] if task.kind == "regression" else y[keep].astype(int),
+                          task, sites=train["site"].astype(str).tolist(),
+                          participant_ids=train["participant_id"].astype(str).tolist(),
+                          offset=float(head.offset), scale=float(head.scale), seed=seed)
+    raw = sklearn_outputs(fitted, _volumes_of(test_rows, atlas)) if len(test_rows) else np.empty((0, fitted.n_outputs))
+    state = to_module(fitted, atlas.labels, atlas.n_regions, atlas=atlas.name).state_dict()
+    return raw, state
