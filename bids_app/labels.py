@@ -260,9 +260,18 @@ class ParticipantLabels:
 
     @property
     def has_labels(self) -> bool:
-        """True when at least one participant or session has a usable label other than the site."""
-        return any(bool(t[c].notna().any()) for t in (self.table, self.sessions) for c in LABEL_COLUMNS
-                   if c != "site")
+        """True when a participant or session has a usable sex, diagnosis or MMSE.
+
+        These are what the group's binary evaluations (sex, AD) are made against; whether there is
+        anything for another kind of target (``age``, ``mci_progression``) is :meth:`has_label`.
+        """
+        return any(self.has_label(c) for c in ("sex", "diagnosis", "mmse"))
+
+    def has_label(self, column: str) -> bool:
+        """True when a participant or session has a usable value of ``column`` (one of LABEL_COLUMNS)."""
+        if column not in LABEL_COLUMNS:
+            raise KeyError(f"{column!r} is not a label column; known: {', '.join(LABEL_COLUMNS)}")
+        return any(bool(t[column].notna().any()) for t in (self.table, self.sessions))
 
     def n_unrecognised(self, label: str) -> int:
         """Values of ``label`` not recognised, in participants.tsv and the sessions tables together."""

@@ -103,9 +103,12 @@ def test_no_participants_tsv_or_no_label_columns(tmp_path):
     labels = read_participant_labels(make_bids(tmp_path / "b", participants="participant_id\thandedness\nsub-01\tR\n"))
     assert len(labels.table) == 1 and not labels.has_labels
     assert math.isnan(labels.table.loc["sub-01", "mmse"])
-    # age is a label the app reads (brain-age heads): a table with only ages has labels
+    # age is read (brain-age heads) but is no label for the binary evaluations
     labels = read_participant_labels(make_bids(tmp_path / "c", participants="participant_id\tage\nsub-01\t70\n"))
-    assert labels.has_labels and labels.table.loc["sub-01", "age"] == 70.0
+    assert not labels.has_labels and labels.table.loc["sub-01", "age"] == 70.0
+    assert labels.has_label("age") and not labels.has_label("mci_progression")
+    with pytest.raises(KeyError, match="not a label column"):
+        labels.has_label("handedness")
 
 
 def test_bad_tables_name_the_file(tmp_path):
@@ -200,7 +203,7 @@ def test_sessions_without_participants_tsv_and_coded_levels(tmp_path, caplog):
     (bids / "sessions.json").write_text('{"dx": {"Levels": {"1": "control", "2": "Alzheimer\'s disease"}}}')
     with caplog.at_level(logging.WARNING, logger="bids_app.labels"):
         labels = read_labels(bids)
-    assert labels.source is None and len(labels.table) == 0 and labels.has_labels
+    assert labels.source is None and len(labels.table) == 0 and labels.has_labels and labels.has_label("age")
     assert labels.sessions.loc[("sub-01", "ses-1"), "diagnosis"] == "AD"
     assert labels.sessions.loc[("sub-01", "ses-1"), "age"] == 61.0
     assert "not in participants.tsv" not in caplog.text  # there is no participants.tsv to be missing from
