@@ -133,14 +133,16 @@ def paired_truth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str
         "cn_m": dataclasses.replace(base, sex="M", head_scale=1.03),
     }
     # the same person as MCI (MMSE 26), stable or progressive (converting at month 24), and 24 months on
-    mci = dataclasses.replace(base, diagnosis="MCI", mmse=26, severity=0.2, mtl_gm_loss=0.09, mci_progression="sMCI")
+    # (subject_at(..., 0): the baseline visit, its ventricles from the model like every later visit's)
+    mci = subject_at(dataclasses.replace(base, diagnosis="MCI", mmse=26, severity=0.2, mtl_gm_loss=0.09,
+                                         mci_progression="sMCI"), 0)
     pmci = dataclasses.replace(mci, mci_progression="pMCI", conversion_months=24)
     variants |= {"mci_f": mci, "smci_m24": subject_at(mci, 24), "pmci_m24": subject_at(pmci, 24)}
     maps = {}
     for name, subj in variants.items():
         root = out / name
         _simulate_subject(root, site, subj, seed=9, maps_only=True)
-        p = truth_paths(root, subj.participant_id)
+        p = truth_paths(root, subj.participant_id, subj.session_id)
         maps[name] = {k: _load(p[k]) for k in ("gmd", "gmv", "atrophy_mask")}
         maps[name]["params"] = subj  # type: ignore[assignment]
     return maps
