@@ -1,5 +1,25 @@
 """Synthetic cohorts with ground truth (see :mod:`bids_app.synth.simulate`)."""
 
-from .simulate import TRUTH_DIR, SiteParams, SubjectParams, draw_sites, draw_subjects, simulate_dataset, truth_paths
+from .simulate import (
+    TRUTH_DIR,
+    SiteParams,
+    SubjectParams,
+    draw_sites,
+    draw_subjects,
+    session_months,
+    simulate_dataset,
+    subject_at,
+    truth_paths,
+)
 
-__all__ = ["SiteParams", "SubjectParams", "TRUTH_DIR", "draw_sites", "draw_subjects", "simulate_dataset", "truth_paths"]
+__all__ = [
+    "SiteParams",
+    "SubjectParams",
+    "TRUTH_DIR",
+    "draw_sites",
+    "draw_subjects",
+    "session_months",
+    "simulate_dataset",
+    "subject_at",
+    "truth_paths",
+]

@@ -8,8 +8,9 @@ code has labels that are really in the images.
 Generative model of one subject (template mm ``y`` -> subject mm ``x``)::
 
     x = M (y + u(y))         M: head size (by sex), tilt, position;  u: smooth random warp
-                             plus a radial expansion around the lateral ventricles (AD, age)
-    GM_s(y) = clip(GM(y) * thickness(y) * (1 - loss(y)))      loss: MTL atrophy (MMSE) + age
+                             plus a radial expansion around the lateral ventricles (disease, age)
+    GM_s(y) = clip(GM(y) * thickness(y) * (1 - loss(y)))
+    loss(y) = global_gm_loss + (mtl_gm_loss + mtl_age_loss) * w_MTL(y)
     T1(x)   = [mu_gm GM_s + mu_wm WM + mu_csf CSF_s + head](y(x)) * bias(x) (+ Rician noise)
 
 so the truth of what a perfect VBM pipeline returns is known in closed form:
@@ -17,6 +18,25 @@ so the truth of what a perfect VBM pipeline returns is known in closed form:
 * GMD on the SPM grid (``wc1``) = ``GM_s(y)``;
 * GMV (``mwc1``) = ``GM_s(y) * det(M) * det(I + du/dy)``, whose sum times 1.5^3 mm^3 is the
   subject's native GM volume.
+
+The effects, with their documented sizes (module constants below):
+
+* **age** (years after :data:`AGE_REFERENCE_YEARS` = 50): ``global_gm_loss`` = 0.25 % of the GM per
+  year everywhere (:data:`GLOBAL_GM_LOSS_PER_YEAR`), ``mtl_age_loss`` = a further 0.5 % per year times
+  the medial-temporal weight ``w_MTL`` (1 at the core of hippocampus, parahippocampal gyrus and
+  amygdala: 0.75 % per year there in all; :data:`MTL_GM_LOSS_PER_YEAR`), and the ventricles expand by
+  0.002 per year (:data:`VENTRICLE_EXPANSION_PER_YEAR`). Losses are fractions of the template's GM,
+  so a 20-year age difference removes 5 % of the GM away from the MTL and 15 % at its core.
+* **disease** (severity ``s = clip((30 - MMSE) / 20, 0, 1)``): ``mtl_gm_loss = 0.45 s`` (+ a small
+  per-participant deviation) and ventricular expansion ``0.12 s``. MMSE is drawn by diagnosis:
+  CN ~ N(29, 1) in 26..30, MCI ~ N(27, 1.5) in 23..30 when stable (sMCI) and N(25.5, 1.5) in 21..28
+  when progressive (pMCI), AD ~ N(21, 4) in 10..26; so MCI atrophy lies between CN's and AD's.
+* **progression** over sessions ``ses-M00, ses-M12, ...`` (12 months apart, :func:`subject_at`):
+  age advances (and with it the age losses); CN and sMCI keep their severity; AD severity grows by
+  0.10 per year; pMCI severity grows linearly from its baseline to 0.40 (MMSE 22, AD-like atrophy)
+  at its conversion visit (month 12, 24 or 36, drawn per participant), and on at the AD rate after;
+  the diagnosis becomes AD from the conversion visit on. ``mci_progression`` (pMCI: converts to AD
+  within 36 months; sMCI) is a participant label and does not change.
 
 Site effects (scanner vendor, field strength, voxel size 0.9-1.3 mm, orientation and obliquity of
 the voxel grid, bias field, noise, contrast, intensity scale) are drawn per site. Every random
@@ -29,7 +49,7 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +66,22 @@ from ..grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
 from .anatomy import TEMPLATE_NAME, TemplateAnatomy, template_anatomy
 
 __all__ = [
+    "AD_SEVERITY_PER_YEAR",
+    "AGE_REFERENCE_YEARS",
+    "CONVERSION_MONTHS",
+    "CONVERSION_SEVERITY",
+    "GLOBAL_GM_LOSS_PER_YEAR",
+    "MTL_GM_LOSS_PER_YEAR",
+    "SESSION_INTERVAL_MONTHS",
+    "VENTRICLE_EXPANSION_PER_YEAR",
     "SiteParams",
     "SubjectParams",
     "TRUTH_DIR",
     "draw_sites",
     "draw_subjects",
+    "session_months",
     "simulate_dataset",
+    "subject_at",
     "truth_paths",
 ]
 
@@ -62,6 +92,20 @@ TRUTH_DIR = Path("derivatives") / "ground-truth"
 _GRID_MM = 3.0  # spacing of the deformation grid
 _INVERSE_ITERATIONS = 8  # fixed-point steps inverting the warp (residual << 0.1 mm for these warps)
 _AXCODES = (("R", "A", "S"), ("L", "A", "S"), ("L", "P", "S"), ("P", "S", "R"), ("R", "P", "I"))
+#: age model: GM fractions lost per year after AGE_REFERENCE_YEARS (everywhere; extra in the MTL core)
+AGE_REFERENCE_YEARS = 50.0
+GLOBAL_GM_LOSS_PER_YEAR = 0.0025
+MTL_GM_LOSS_PER_YEAR = 0.005
+VENTRICLE_EXPANSION_PER_YEAR = 0.002
+#: disease model: MTL GM loss and ventricular expansion per unit of severity
+MTL_LOSS_PER_SEVERITY = 0.45
+VENTRICLE_EXPANSION_PER_SEVERITY = 0.12
+#: progression: AD severity per year; pMCI reaches CONVERSION_SEVERITY at its conversion visit
+AD_SEVERITY_PER_YEAR = 0.10
+CONVERSION_SEVERITY = 0.40
+PMCI_MIN_SEVERITY_PER_YEAR = 0.05
+CONVERSION_MONTHS: tuple[int, ...] = (12, 24, 36)
+SESSION_INTERVAL_MONTHS = 12
 _VENDORS = (("Siemens", "Prisma"), ("GE", "DISCOVERY MR750"), ("Philips", "Ingenia"), ("Siemens", "Avanto"))
 
 
@@ -97,7 +141,7 @@ class SubjectParams:
     index: int
     age: float
     sex: str  # "M" / "F"
-    diagnosis: str  # "CN" / "AD"
+    diagnosis: str  # "CN" / "MCI" / "AD" (at this visit)
     mmse: int
     severity: float  # 0..1, from MMSE
     head_scale: float
@@ -105,6 +149,11 @@ class SubjectParams:
     global_gm_loss: float  # age-related fraction, everywhere
     ventricle_expansion: float  # linear expansion factor - 1 at the ventricles' centre
     warp_mm: float  # SD of the random smooth displacement
+    mtl_age_loss: float = 0.0  # age-related fraction removed at the MTL core, on top of global_gm_loss
+    mci_progression: str = "n/a"  # "pMCI" / "sMCI" for MCI participants
+    conversion_months: int | None = None  # pMCI: the visit (months after baseline) diagnosed AD first
+    session_id: str | None = None  # "M00", "M12", ... in a longitudinal cohort; None: no sessions
+    months: int = 0  # months since the baseline visit
 
 
 def _three(values: Any) -> tuple[float, float, float]:
@@ -147,13 +196,37 @@ def draw_sites(sites: int, seed: int) -> list[SiteParams]:
     return out
 
 
-def draw_subjects(participants: int, site_list: list[SiteParams], seed: int) -> list[SubjectParams]:
-    """Draw demographics, diagnosis, MMSE and the anatomy truth of every participant.
+def _age_losses(age: float) -> tuple[float, float]:
+    """(global, MTL-core) GM fractions lost to age: the documented linear model, no threshold."""
+    years = max(age - AGE_REFERENCE_YEARS, 0.0)
+    return (round(float(np.clip(GLOBAL_GM_LOSS_PER_YEAR * years, 0, 0.3)), 4),
+            round(float(np.clip(MTL_GM_LOSS_PER_YEAR * years, 0, 0.3)), 4))
+
+
+def _ventricle_expansion(severity: float, age: float) -> float:
+    return round(float(VENTRICLE_EXPANSION_PER_SEVERITY * severity
+                       + VENTRICLE_EXPANSION_PER_YEAR * max(age - AGE_REFERENCE_YEARS, 0.0)), 4)
+
+
+def draw_subjects(
+    participants: int,
+    site_list: list[SiteParams],
+    seed: int,
+    *,
+    mci_fraction: float = 0.0,
+    pmci_fraction: float = 0.5,
+) -> list[SubjectParams]:
+    """Draw demographics, diagnosis, MMSE and the anatomy truth of every participant (at baseline).
 
     Every site gets at least one participant (two when there are enough), the rest are allocated
-    with Dirichlet-distributed site sizes, so sites differ in size as real ones do.
+    with Dirichlet-distributed site sizes, so sites differ in size as real ones do. A share
+    ``mci_fraction`` of the participants is MCI, of whom a share ``pmci_fraction`` is progressive
+    (pMCI, converting at month 12, 24 or 36); the others are AD with the site's AD fraction, else
+    CN. The MCI draws come from a stream of their own, so ``mci_fraction=0`` gives the same cohort
+    as a simulator without MCI.
     """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B1]))
+    mci_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x3C1]))
     n_sites = len(site_list)
     base = 2 if participants >= 2 * n_sites else 1
     assign = [i for i in range(n_sites) for _ in range(base)][:participants]
@@ -165,32 +238,99 @@ def draw_subjects(participants: int, site_list: list[SiteParams], seed: int) -> 
         site = site_list[int(s)]
         is_ad = rng.random() < site.ad_fraction
         sex = "M" if rng.random() < 0.5 else "F"
-        if is_ad:
+        u_mci, u_progression, u_conversion = mci_rng.random(3)
+        progression, conversion = "n/a", None
+        if u_mci < mci_fraction:
+            diagnosis = "MCI"
+            progression = "pMCI" if u_progression < pmci_fraction else "sMCI"
+            age = float(np.clip(rng.normal(73, 7), 55, 92))
+            if progression == "pMCI":
+                mmse = int(np.clip(np.round(rng.normal(25.5, 1.5)), 21, 28))
+                conversion = CONVERSION_MONTHS[min(int(u_conversion * len(CONVERSION_MONTHS)), 2)]
+            else:
+                mmse = int(np.clip(np.round(rng.normal(27, 1.5)), 23, 30))
+        elif is_ad:
+            diagnosis = "AD"
             age = float(np.clip(rng.normal(75, 7), 55, 92))
             mmse = int(np.clip(np.round(rng.normal(21, 4)), 10, 26))
         else:
+            diagnosis = "CN"
             age = float(np.clip(rng.normal(71, 7), 55, 92))
             mmse = int(np.clip(np.round(rng.normal(29, 1)), 26, 30))
         severity = float(np.clip((30 - mmse) / 20.0, 0.0, 1.0))
         head_scale = float(rng.normal(1.018 if sex == "M" else 0.982, 0.025))
+        age = round(age, 1)
+        global_loss, mtl_age_loss = _age_losses(age)
+        mtl_loss = float(np.clip(MTL_LOSS_PER_SEVERITY * severity + rng.normal(0, 0.02), 0, 0.6))
         subjects.append(
             SubjectParams(
                 participant_id=f"sub-{i + 1:03d}",
                 site=site.site,
                 index=i,
-                age=round(age, 1),
+                age=age,
                 sex=sex,
-                diagnosis="AD" if is_ad else "CN",
+                diagnosis=diagnosis,
                 mmse=mmse,
                 severity=round(severity, 4),
                 head_scale=round(head_scale, 4),
-                mtl_gm_loss=round(float(np.clip(0.45 * severity + rng.normal(0, 0.02), 0, 0.6)), 4),
-                global_gm_loss=round(float(np.clip(0.0025 * (age - 60), 0, 0.1)), 4),
-                ventricle_expansion=round(float(0.12 * severity + 0.002 * max(age - 60, 0)), 4),
+                mtl_gm_loss=round(mtl_loss, 4),
+                global_gm_loss=global_loss,
+                ventricle_expansion=_ventricle_expansion(severity, age),
                 warp_mm=round(float(rng.uniform(1.0, 2.0)), 3),
+                mtl_age_loss=mtl_age_loss,
+                mci_progression=progression,
+                conversion_months=conversion,
             )
         )
     return subjects
+
+
+def session_months(sessions: int) -> list[int]:
+    """Months after baseline of ``sessions`` visits: 0, 12, 24, ... (session labels M00, M12, ...)."""
+    return [SESSION_INTERVAL_MONTHS * k for k in range(sessions)]
+
+
+def _severity_at(subj: SubjectParams, years: float) -> float:
+    s0 = subj.severity
+    if subj.mci_progression == "pMCI" and subj.conversion_months:
+        to_conversion = subj.conversion_months / 12.0
+        rate = max((CONVERSION_SEVERITY - s0) / to_conversion, PMCI_MIN_SEVERITY_PER_YEAR)
+        after = max(years - to_conversion, 0.0)  # after conversion: at the AD rate
+        return min(s0 + rate * (years - after) + AD_SEVERITY_PER_YEAR * after, 1.0)
+    if subj.diagnosis == "AD":
+        return min(s0 + AD_SEVERITY_PER_YEAR * years, 1.0)
+    return s0  # CN and sMCI: no disease progression
+
+
+def subject_at(subj: SubjectParams, months: int) -> SubjectParams:
+    """The baseline participant ``subj`` at the visit ``months`` later (the truth of that session).
+
+    The same person (anatomy, head, site, random warp): only age, severity (and with it MMSE, MTL
+    loss, ventricles) and, for pMCI from the conversion visit on, the diagnosis change.
+    """
+    if subj.months:
+        raise ValueError("subject_at takes the baseline visit")
+    years = months / 12.0
+    age = round(subj.age + years, 1)
+    severity = _severity_at(subj, years)
+    changed = severity != subj.severity
+    mmse = int(np.clip(np.round(30 - 20 * severity), 0, 30)) if changed else subj.mmse
+    mtl_loss = float(np.clip(subj.mtl_gm_loss + MTL_LOSS_PER_SEVERITY * (severity - subj.severity), 0, 0.6))
+    converted = subj.conversion_months is not None and months >= subj.conversion_months
+    global_loss, mtl_age_loss = _age_losses(age)
+    return replace(
+        subj,
+        age=age,
+        diagnosis="AD" if converted else subj.diagnosis,
+        mmse=mmse,
+        severity=round(severity, 4),
+        mtl_gm_loss=round(mtl_loss, 4),
+        global_gm_loss=global_loss,
+        mtl_age_loss=mtl_age_loss,
+        ventricle_expansion=_ventricle_expansion(severity, age),
+        session_id=f"M{months:02d}",
+        months=months,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,10 +469,17 @@ def _bias(shape: tuple[int, ...], amplitude: float, rng: np.random.Generator) ->
 # one subject
 
 
-def truth_paths(out: Path, participant_id: str) -> dict[str, Path]:
-    """Where the ground truth of ``participant_id`` lives in a simulated dataset."""
-    d = Path(out) / TRUTH_DIR / participant_id / "anat"
-    p = participant_id
+def _unit(participant_id: str, session_id: str | None) -> tuple[Path, str]:
+    """(folder relative to a dataset root, file name prefix) of one participant / session."""
+    if session_id is None:
+        return Path(participant_id), participant_id
+    return Path(participant_id) / f"ses-{session_id}", f"{participant_id}_ses-{session_id}"
+
+
+def truth_paths(out: Path, participant_id: str, session_id: str | None = None) -> dict[str, Path]:
+    """Where the ground truth of ``participant_id`` (at session ``session_id``, e.g. ``"M12"``) lives."""
+    folder, p = _unit(participant_id, session_id)
+    d = Path(out) / TRUTH_DIR / folder / "anat"
     return {
         "gm_native": d / f"{p}_label-GM_probseg.nii.gz",
         "gmd": d / f"{p}_space-{SPACE}_label-GM_probseg.nii.gz",
@@ -360,7 +507,7 @@ def _simulate_subject(
     thick_coarse = ndimage.gaussian_filter(rng.standard_normal(warp.jac.shape).astype(np.float32), 8.0 / _GRID_MM)
     thick_coarse = 1.0 + 0.08 * thick_coarse / max(float(thick_coarse.std()), 1e-6)
     thickness = _sample(thick_coarse, warp.affine, _grid_points(shape_t, tmpl.affine), cval=1.0).reshape(shape_t)
-    loss = np.clip(subj.mtl_gm_loss * tmpl.mtl_weight + subj.global_gm_loss, 0, 0.9)
+    loss = np.clip((subj.mtl_gm_loss + subj.mtl_age_loss) * tmpl.mtl_weight + subj.global_gm_loss, 0, 0.9)
     gm_s = np.minimum(tmpl.gm * thickness * (1.0 - loss), tmpl.gm + tmpl.csf).astype(np.float32)
     csf_s = (tmpl.csf + tmpl.gm - gm_s).astype(np.float32)
     t1_t = (site.gm_contrast * gm_s + tmpl.wm + site.csf_contrast * csf_s + tmpl.head).astype(np.float32)
@@ -372,10 +519,19 @@ def _simulate_subject(
     gmv = (gmd * jac * abs(np.linalg.det(m[:3, :3]))).astype(np.float32)
     mtl = _sample(tmpl.mtl_weight, tmpl.affine, spm_pts).reshape(SPM_SHAPE)
 
+    if subj.session_id is not None:
+        # a later visit of the same person: same anatomy, a new placement in the scanner, new noise
+        acq_rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index, 1 + subj.months]))
+        reposition = np.eye(4)
+        reposition[:3, :3] = _rotation(acq_rng.uniform(-4, 4, 3))
+        reposition[:3, 3] = acq_rng.normal(0, 3, 3)
+        m = reposition @ m
+        rng = acq_rng
     pid = subj.participant_id
-    paths = truth_paths(out, pid)
+    folder, prefix = _unit(pid, subj.session_id)
+    paths = truth_paths(out, pid, subj.session_id)
     common = {
-        "Sources": [f"bids:raw:{pid}/anat/{pid}_T1w.nii.gz"],
+        "Sources": [f"bids:raw:{folder.as_posix()}/anat/{prefix}_T1w.nii.gz"],
         "Template": TEMPLATE_NAME,
         "Note": (
             "Ground truth of a synthetic subject: the template's GM after this subject's atrophy, "
@@ -400,9 +556,10 @@ def _simulate_subject(
     write_json(
         paths["atrophy_mask"].with_name(paths["atrophy_mask"].name.replace(".nii.gz", ".json")),
         {
-            "Description": "Medial-temporal atrophy region (weight >= 0.5); GM there was multiplied by "
-            "(1 - MTLGMLoss * weight) and by (1 - GlobalGMLoss) everywhere.",
+            "Description": "Medial-temporal atrophy region (weight >= 0.5); GM was multiplied by "
+            "1 - GlobalGMLoss - (MTLGMLoss + MTLAgeLoss) * weight (weight 1 at the region's core, 0 outside).",
             "MTLGMLoss": subj.mtl_gm_loss,
+            "MTLAgeLoss": subj.mtl_age_loss,
             "GlobalGMLoss": subj.global_gm_loss,
             "Source": tmpl.sources["MTL"],
         },
@@ -426,6 +583,7 @@ def _simulate_subject(
         native_gm_ml, native_shape = _write_native(out, site, subj, tmpl, warp, m, t1_t, gm_s, rng)
     return {
         "participant_id": pid,
+        "session_id": subj.session_id,
         "native_gm_volume_ml": round(native_gm_ml, 3),
         "truth_gmv_total_ml": round(float(gmv.sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
         "truth_mtl_gmv_ml": round(float(gmv[mtl >= 0.5].sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
@@ -460,14 +618,15 @@ def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: Templa
     t1 = np.clip(np.round(t1 * 1000.0 * site.gain), 0, 32767).astype(np.int16)
 
     pid = subj.participant_id
-    anat = out / pid / "anat"
+    folder, prefix = _unit(pid, subj.session_id)
+    anat = out / folder / "anat"
     img = nib.Nifti1Image(t1, aff_n)
     img.header.set_xyzt_units("mm")
     img.header.set_qform(aff_n, code=1)
     img.header.set_sform(aff_n, code=1)
-    _save_nifti(anat / f"{pid}_T1w.nii.gz", img)
+    _save_nifti(anat / f"{prefix}_T1w.nii.gz", img)
     write_json(
-        anat / f"{pid}_T1w.json",
+        anat / f"{prefix}_T1w.json",
         {
             "Manufacturer": site.manufacturer,
             "ManufacturersModelName": site.model,
@@ -480,7 +639,7 @@ def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: Templa
         },
     )
 
-    paths = truth_paths(out, pid)
+    paths = truth_paths(out, pid, subj.session_id)
     gimg = nib.Nifti1Image(np.round(gm_native * 1000).astype(np.int16), aff_n)
     gimg.header.set_slope_inter(1e-3, 0.0)
     gimg.header.set_xyzt_units("mm")
@@ -496,32 +655,98 @@ def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: Templa
 # ---------------------------------------------------------------------------------------------
 # the dataset
 
-_PARTICIPANTS_JSON = {
-    "participant_id": {"Description": "Participant label."},
-    "age": {"Description": "Age at scan.", "Units": "year"},
-    "sex": {"Description": "Biological sex.", "Levels": {"M": "male", "F": "female"}},
-    "diagnosis": {
-        "Description": "Simulated diagnosis.",
-        "Levels": {"CN": "cognitively normal", "AD": "Alzheimer's disease (simulated atrophy)"},
-    },
-    "mmse": {"Description": "Simulated Mini-Mental State Examination score (0-30); sets atrophy severity."},
-    "site": {"Description": "Simulated acquisition site (scanner and protocol)."},
+_DIAGNOSIS_LEVELS = {
+    "CN": "cognitively normal",
+    "MCI": "mild cognitive impairment (simulated atrophy between CN and AD)",
+    "AD": "Alzheimer's disease (simulated atrophy)",
+}
+_MCI_PROGRESSION = {
+    "Description": "Course of an MCI participant: pMCI converts to AD within 36 months (at the visit in "
+    "derivatives/ground-truth participants.tsv conversion_months), sMCI stays MCI; n/a for CN and AD.",
+    "Levels": {"pMCI": "progressive MCI (converts to AD within 36 months)", "sMCI": "stable MCI"},
+}
+
+
+def _participants_json(longitudinal: bool) -> dict[str, dict[str, Any]]:
+    when = "at the first session (ses-M00); per session in sub-*/sub-*_sessions.tsv" if longitudinal else "at scan"
+    return {
+        "participant_id": {"Description": "Participant label."},
+        "age": {"Description": f"Age {when}.", "Units": "year"},
+        "sex": {"Description": "Biological sex.", "Levels": {"M": "male", "F": "female"}},
+        "diagnosis": {"Description": f"Simulated diagnosis {when}.", "Levels": _DIAGNOSIS_LEVELS},
+        "mmse": {"Description": f"Simulated Mini-Mental State Examination score (0-30) {when}; sets atrophy "
+                 "severity."},
+        "mci_progression": _MCI_PROGRESSION,
+        "site": {"Description": "Simulated acquisition site (scanner and protocol)."},
+    }
+
+
+_SESSIONS_JSON = {
+    "session_id": {"Description": "Visit label: ses-M<months after the baseline visit>."},
+    "age": {"Description": "Age at this session.", "Units": "year"},
+    "diagnosis": {"Description": "Simulated diagnosis at this session (pMCI becomes AD at conversion).",
+                  "Levels": _DIAGNOSIS_LEVELS},
+    "mmse": {"Description": "Simulated Mini-Mental State Examination score (0-30) at this session."},
 }
 
 _TRUTH_COLUMNS = {
     "participant_id": {"Description": "Participant label."},
+    "session_id": {"Description": "Visit label (ses-M<months>); n/a in a cohort without sessions."},
     "site": {"Description": "Simulated site."},
     "severity": {"Description": "Atrophy severity 0..1 = clip((30 - MMSE) / 20)."},
     "head_scale": {"Description": "Linear head scale relative to the template (sex-dependent)."},
-    "mtl_gm_loss": {"Description": "Fraction of GM removed at the centre of the medial temporal region."},
-    "global_gm_loss": {"Description": "Age-related fraction of GM removed everywhere."},
-    "ventricle_expansion": {"Description": "Radial expansion factor - 1 at the lateral ventricles' centre."},
+    "mtl_gm_loss": {"Description": "Disease-related fraction of GM removed at the core of the medial temporal "
+                    "region (0.45 x severity + a per-participant deviation)."},
+    "mtl_age_loss": {"Description": "Age-related fraction of GM removed at the core of the medial temporal region, "
+                     "on top of global_gm_loss: 0.005 per year after age 50."},
+    "global_gm_loss": {"Description": "Age-related fraction of GM removed everywhere: 0.0025 per year after age 50."},
+    "ventricle_expansion": {"Description": "Radial expansion factor - 1 at the lateral ventricles' centre "
+                            "(0.12 x severity + 0.002 per year after age 50)."},
     "warp_mm": {"Description": "SD of the random smooth displacement.", "Units": "mm"},
-    "native_gm_volume_ml": {"Description": "True native GM volume.", "Units": "mL"},
+    "conversion_months": {"Description": "pMCI: months after baseline of the first visit diagnosed AD; n/a otherwise.",
+                          "Units": "month"},
+    "months": {"Description": "Months after the baseline visit.", "Units": "month"},
+    "age": {"Description": "Age at this session.", "Units": "year"},
+    "diagnosis": {"Description": "Simulated diagnosis at this session.", "Levels": _DIAGNOSIS_LEVELS},
+    "mmse": {"Description": "Simulated MMSE at this session."},
+    "native_gm_volume_ml": {"Description": "True native GM volume (n/a with --maps-only).", "Units": "mL"},
     "truth_gmv_total_ml": {"Description": "Sum of the true GMV map times the voxel volume.", "Units": "mL"},
     "truth_mtl_gmv_ml": {"Description": "True GMV inside the atrophy mask.", "Units": "mL"},
+    "truth_gmv_total_change_pct": {"Description": "True change of the whole-brain GMV since the first session.",
+                                   "Units": "%"},
+    "truth_mtl_gmv_change_pct": {"Description": "True change of the GMV inside the atrophy mask (medial temporal "
+                                 "lobe) since the first session.", "Units": "%"},
     "native_shape": {"Description": "Voxel grid of the T1w."},
 }
+_TRUTH_PARTICIPANT_COLUMNS = ("participant_id", "site", "severity", "head_scale", "mtl_gm_loss", "mtl_age_loss",
+                              "global_gm_loss", "ventricle_expansion", "warp_mm", "conversion_months")
+_TRUTH_SESSION_COLUMNS = ("session_id", "months", "age", "diagnosis", "mmse", "severity", "mtl_gm_loss",
+                          "mtl_age_loss", "global_gm_loss", "ventricle_expansion")
+_RESULT_COLUMNS = ("native_gm_volume_ml", "truth_gmv_total_ml", "truth_mtl_gmv_ml", "native_shape")
+
+#: the README's account of the simulated effects (their sizes are the module constants)
+_MODEL_TEXT = (
+    "Simulated effects on grey matter (GM), as fractions of the template's GM: age removes "
+    f"{100 * GLOBAL_GM_LOSS_PER_YEAR:.2f}% per year after age {AGE_REFERENCE_YEARS:.0f} everywhere and a further "
+    f"{100 * MTL_GM_LOSS_PER_YEAR:.2f}% per year in the medial temporal lobe (MTL) core; disease removes "
+    f"{MTL_LOSS_PER_SEVERITY:.2f} x severity in the MTL core (severity = (30 - MMSE) / 20; MMSE drawn by diagnosis, "
+    "MCI between CN and AD) and enlarges the ventricles.\n"
+)
+
+
+def _write_tsv(path: Path, table: pd.DataFrame, sidecar: dict[str, Any]) -> None:
+    with atomic_path(path, suffix=".tsv") as tmp:
+        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
+    write_json(path.with_suffix(".json"), {c: sidecar[c] for c in table.columns})
+
+
+def _with_changes(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add the true GMV change (%) since the participant's first session, whole brain and MTL."""
+    first = rows.iloc[0]
+    rows = rows.copy()
+    rows["truth_gmv_total_change_pct"] = (100 * (rows["truth_gmv_total_ml"] / first["truth_gmv_total_ml"] - 1)).round(3)
+    rows["truth_mtl_gmv_change_pct"] = (100 * (rows["truth_mtl_gmv_ml"] / first["truth_mtl_gmv_ml"] - 1)).round(3)
+    return rows
 
 
 def simulate_dataset(
@@ -533,24 +758,37 @@ def simulate_dataset(
     nprocs: int = 1,
     progress: bool = False,
     maps_only: bool = False,
+    mci_fraction: float = 0.0,
+    pmci_fraction: float = 0.5,
+    sessions: int | None = None,
 ) -> Path:
     """Write a synthetic BIDS dataset with ground truth to ``out`` and return ``out``.
 
     Parameters
     ----------
     out : the dataset root; created, and must be empty if it exists.
-    participants : number of participants (>= 1), each with one T1w.
+    participants : number of participants (>= 1), each with one T1w per session.
     sites : number of sites (1 <= sites <= participants).
     seed : every random draw derives from it: same seed, same dataset.
     nprocs : worker processes (results do not depend on it).
     progress : show a progress bar.
     maps_only : write only the ground truth and the participants table, no T1w (several times
         faster; for training on the true SPM-grid maps). The truth is identical to a full run's.
+    mci_fraction : share of MCI participants (0..1; 0: CN and AD only, as without this option).
+    pmci_fraction : share of the MCI participants that are progressive (pMCI).
+    sessions : None for a cross-sectional dataset without session folders; else the number of
+        visits, ``ses-M00``, ``ses-M12``, ... (12 months apart) per participant, with
+        ``sub-*/sub-*_sessions.tsv`` (age, diagnosis, MMSE per session).
     """
     if participants < 1:
         raise UsageError(f"the number of participants (--n-participants) must be >= 1, got {participants}")
     if not 1 <= sites <= participants:
         raise UsageError(f"--sites must be between 1 and the number of participants ({participants}), got {sites}")
+    for name, value in (("--mci-fraction", mci_fraction), ("--pmci-fraction", pmci_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise UsageError(f"{name} must be between 0 and 1, got {value}")
+    if sessions is not None and sessions < 1:
+        raise UsageError(f"--sessions must be >= 1, got {sessions}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise OutputError(f"{out} exists and is not empty; simulate writes a new dataset")
@@ -560,11 +798,13 @@ def simulate_dataset(
         raise OutputError(f"cannot create {out}: {exc.strerror}") from exc
 
     site_list = draw_sites(sites, seed)
-    subjects = draw_subjects(participants, site_list, seed)
+    subjects = draw_subjects(participants, site_list, seed, mci_fraction=mci_fraction, pmci_fraction=pmci_fraction)
     by_site = {s.site: s for s in site_list}
     tmpl = template_anatomy()  # built before forking so workers share it
+    visits = {s.participant_id: [s] if sessions is None else [subject_at(s, m) for m in session_months(sessions)]
+              for s in subjects}
 
-    jobs = [(out, by_site[s.site], s, seed, maps_only) for s in subjects]
+    jobs = [(out, by_site[s.site], v, seed, maps_only) for s in subjects for v in visits[s.participant_id]]
     if nprocs > 1:
         with ProcessPoolExecutor(max_workers=nprocs) as pool:
             futures = [pool.submit(_simulate_subject, *j) for j in jobs]
@@ -583,14 +823,23 @@ def simulate_dataset(
             "GeneratedBy": [{"Name": "vbm-predict simulate", "Version": __version__}],
         },
     )
+    options = f"participants={participants}, sites={sites}, seed={seed}"
+    if mci_fraction:
+        options += f", mci_fraction={mci_fraction}, pmci_fraction={pmci_fraction}"
+    if sessions is not None:
+        options += f", sessions={sessions}"
     write_text(
         out / "README",
-        "Synthetic T1w dataset made by `vbm-predict simulate` "
-        f"(participants={participants}, sites={sites}, seed={seed}).\n"
+        f"Synthetic T1w dataset made by `vbm-predict simulate` ({options}).\n"
         "Heads are built from real template anatomy (nilearn MNI152 2009 tissue maps; "
         f"non-brain: {tmpl.sources['Head']}) with random deformations, sex-dependent head size, "
-        "MMSE-graded medial temporal atrophy and ventricular enlargement, and per-site scanner effects.\n"
-        "Ground truth: derivatives/ground-truth/. "
+        "age-related GM loss, MMSE-graded medial temporal atrophy and ventricular enlargement, and per-site "
+        "scanner effects.\n"
+        + _MODEL_TEXT
+        + ("Sessions ses-M00, ses-M12, ... are visits 12 months apart: age advances, pMCI atrophy progresses "
+           "towards AD (diagnosis AD from the conversion visit on), sMCI and CN only age.\n"
+           if sessions is not None else "")
+        + "Ground truth: derivatives/ground-truth/. "
         + ("Maps only: no T1w images were written (training data for the true maps). " if maps_only else "")
         + "No real person's data; "
         + RESEARCH_USE_NOTICE
@@ -599,13 +848,13 @@ def simulate_dataset(
     table = pd.DataFrame(
         [
             {"participant_id": s.participant_id, "age": s.age, "sex": s.sex, "diagnosis": s.diagnosis,
-             "mmse": s.mmse, "site": s.site}
+             "mmse": s.mmse, "mci_progression": s.mci_progression, "site": s.site}
             for s in subjects
         ]
     )
     with atomic_path(out / "participants.tsv", suffix=".tsv") as tmp:
         table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    write_json(out / "participants.json", _PARTICIPANTS_JSON)
+    write_json(out / "participants.json", _participants_json(sessions is not None))
 
     truth = out / TRUTH_DIR
     write_json(
@@ -622,20 +871,34 @@ def simulate_dataset(
             "SourceDatasets": [{"URL": "bids:raw:"}],
         },
     )
+    res_by = {(r["participant_id"], r["session_id"]): r for r in results}
     rows = []
-    res_by = {r["participant_id"]: r for r in results}
     for s in subjects:
         d = asdict(s)
-        rows.append({k: d[k] for k in ("participant_id", "site", "severity", "head_scale", "mtl_gm_loss",
-                                       "global_gm_loss", "ventricle_expansion", "warp_mm")}
-                    | {k: v for k, v in res_by[s.participant_id].items() if k != "participant_id"})
+        per_visit = pd.DataFrame(
+            [{k: asdict(v)[k] for k in _TRUTH_SESSION_COLUMNS}
+             | {k: res_by[(v.participant_id, v.session_id)][k] for k in _RESULT_COLUMNS}
+             for v in visits[s.participant_id]]
+        )
+        per_visit = _with_changes(per_visit)
+        if sessions is not None:
+            pid = s.participant_id
+            per_visit["session_id"] = "ses-" + per_visit["session_id"]
+            _write_tsv(out / pid / f"{pid}_sessions.tsv", per_visit[["session_id", "age", "diagnosis", "mmse"]],
+                       _SESSIONS_JSON)
+            truth_visits = per_visit[[*_TRUTH_SESSION_COLUMNS, *_RESULT_COLUMNS[:3], "truth_gmv_total_change_pct",
+                                      "truth_mtl_gmv_change_pct", "native_shape"]]
+            _write_tsv(truth / pid / f"{pid}_sessions.tsv", truth_visits, _TRUTH_COLUMNS)
+        rows.append({k: d[k] for k in _TRUTH_PARTICIPANT_COLUMNS}
+                    | {k: per_visit.iloc[0][k] for k in _RESULT_COLUMNS})
     truth_table = pd.DataFrame(rows)
+    truth_table["conversion_months"] = truth_table["conversion_months"].astype("Int64")
     with atomic_path(truth / "participants.tsv", suffix=".tsv") as tmp:
         truth_table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    write_json(truth / "participants.json", _TRUTH_COLUMNS)
+    write_json(truth / "participants.json", {c: _TRUTH_COLUMNS[c] for c in truth_table.columns})
     write_json(truth / "sites.json", {s.site: asdict(s) for s in site_list})
     write_text(truth / ".bidsignore", "sites.json\n*_xfm.*\n")
-    _log.info("simulated %d participants at %d sites in %s", participants, sites, out)
+    _log.info("simulated %d participants at %d sites (%d images) in %s", participants, sites, len(jobs), out)
     return out
 
 
