@@ -140,7 +140,7 @@ def _parse_head(entry: Any, where: Path | str, index: int) -> HeadSpec:
         raise _fail(where, f"{what} needs 'target': the participants.tsv / sessions.tsv column it predicts")
     out = entry.get("outputs")
     ints = isinstance(out, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in out)
-    if not ints or len(out) != 2 or not 0 <= out[0] < out[1]:
+    if not ints or not isinstance(out, list) or len(out) != 2 or not 0 <= out[0] < out[1]:
         raise _fail(where, f"{what} outputs must be [start, stop) with 0 <= start < stop, got {out!r}")
     outputs = (int(out[0]), int(out[1]))
     width = outputs[1] - outputs[0]

@@ -63,6 +63,10 @@ class RegionalLinear(nn.Module):
     normalise : ``"none"`` (absolute mL) or ``"total_gm"`` (percent of the GM summed over all regions).
     """
 
+    labels: torch.Tensor  # buffers (registered in __init__), typed for mypy
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(
         self,
         n_regions: int,
