@@ -228,13 +228,13 @@ def test_batchnorm_folding_matches_eager(name, params):
         ref = net(x)
         fast = folded.to(memory_format=torch.channels_last_3d)(x.contiguous(memory_format=torch.channels_last_3d))
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
-    # The engine runner the predictor uses takes the same path (output flattened there).
+    # The engine runner the predictor uses takes the same path (N x K outputs there).
     run = make_runner(net, "torch-fast", "fp32", torch.device("cpu"))
-    torch.testing.assert_close(torch.from_numpy(run(x.numpy())), ref.reshape(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(run(x.numpy())), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_fused_engine_is_refused_for_plain_networks():
-    with pytest.raises(ValueError, match=r"'torch-fused' runs layer graphs \(IRv2\) only, not SFCN"):
+    with pytest.raises(ValueError, match=r"'torch-fused' runs layer-graph networks \(GraphNet\) only; SFCN is not one"):
         make_runner(build_network("sfcn", channels=[2, 2], input_shape=(4, 4, 4)), "torch-fused", "fp32",
                     torch.device("cpu"))
 

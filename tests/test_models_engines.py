@@ -179,4 +179,4 @@ def test_reference_scores_are_cached_by_weights(ad_pkg, tmp_path, x):
     assert data["key"].startswith(ad_pkg.sha256[0])
     with torch.inference_mode():
         ref = torch.sigmoid(ad_pkg.folds[0](torch.from_numpy(reference_input(seed=0, n=1)))).double().numpy()
-    np.testing.assert_allclose(data["scores"], ref, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(data["scores"])[:, 0], ref, atol=1e-12)  # cached N x K (K = 1 here)
