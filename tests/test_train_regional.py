@@ -146,13 +146,11 @@ def test_multiclass_fit_needs_every_class() -> None:
 
 @pytest.fixture(scope="module")
 def aal():
-    from bids_app.explain.atlas import AtlasUnavailable
+    """AAL on the SPM grid (Debian's mricron-data, installed by .ci/packages.sh); a missing atlas fails
+    here with AtlasUnavailable naming the file, never a skip."""
     from bids_app.train.regional import regional_atlas
 
-    try:
-        return regional_atlas()
-    except AtlasUnavailable as exc:
-        pytest.skip(f"AAL atlas not installed: {exc}")
+    return regional_atlas()
 
 
 def _cohort_maps(n: int, n_sites: int, seed: int):
