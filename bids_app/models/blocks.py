@@ -31,6 +31,7 @@ from .graph import KerasBatchNorm3d
 __all__ = [
     "BatchNorm3d",
     "ConvBlock",
+    "mlp_head",
     "conv_out",
     "pool_out",
     "check_positive_int",
@@ -71,6 +72,21 @@ class ConvBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------- shape arithmetic
+
+
+def mlp_head(n_features: int, hidden: Sequence[int], n_outputs: int, dropout: float | None = None) -> nn.Sequential:
+    """Fully connected layers ``fc0 .. fc{k}`` with ReLU (``act{i}``) and, when given, dropout
+    (``drop{i}``) after each hidden layer: the classifier of the CNN and Liu/MOX families, whose
+    module names become the safetensors keys (``classifier.fc0.weight``, ...)."""
+    head = nn.Sequential()
+    sizes = [int(n_features), *map(int, hidden)]
+    for i in range(len(sizes) - 1):
+        head.add_module(f"fc{i}", nn.Linear(sizes[i], sizes[i + 1]))
+        head.add_module(f"act{i}", nn.ReLU(inplace=True))
+        if dropout is not None:
+            head.add_module(f"drop{i}", nn.Dropout(dropout))
+    head.add_module(f"fc{len(sizes) - 1}", nn.Linear(sizes[-1], int(n_outputs)))
+    return head
 
 
 def conv_out(n: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:

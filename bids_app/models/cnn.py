@@ -51,6 +51,7 @@ from .blocks import (
     check_int_list,
     check_positive_int,
     conv_out,
+    mlp_head,
     pool_out,
 )
 
@@ -142,14 +143,7 @@ class CNN3D(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.feature_shape: tuple[int, ...] = (c_in, *spatial)
         n_features = c_in * spatial[0] * spatial[1] * spatial[2]
-        self.classifier = nn.Sequential()
-        self.classifier.add_module("fc0", nn.Linear(n_features, CNN_HIDDEN[0]))
-        self.classifier.add_module("act0", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop0", nn.Dropout(rate))
-        self.classifier.add_module("fc1", nn.Linear(CNN_HIDDEN[0], CNN_HIDDEN[1]))
-        self.classifier.add_module("act1", nn.ReLU(inplace=True))
-        self.classifier.add_module("drop1", nn.Dropout(rate))
-        self.classifier.add_module("fc2", nn.Linear(CNN_HIDDEN[1], n_outputs))
+        self.classifier = mlp_head(n_features, CNN_HIDDEN[:2], n_outputs, dropout=rate)
 
         self.architecture = _ARCH
         self.in_channels = in_channels

@@ -41,6 +41,7 @@ from .blocks import (
     check_int_list,
     check_positive_int,
     conv_out,
+    mlp_head,
     pool_out,
 )
 
@@ -95,12 +96,7 @@ class LiuMOX(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.feature_shape: tuple[int, ...] = (c_in, *spatial)
         n_features = c_in * spatial[0] * spatial[1] * spatial[2]
-        self.classifier = nn.Sequential()
-        self.classifier.add_module("fc0", nn.Linear(n_features, hid[0]))
-        self.classifier.add_module("act0", nn.ReLU(inplace=True))
-        self.classifier.add_module("fc1", nn.Linear(hid[0], hid[1]))
-        self.classifier.add_module("act1", nn.ReLU(inplace=True))
-        self.classifier.add_module("fc2", nn.Linear(hid[1], n_outputs))
+        self.classifier = mlp_head(n_features, hid[:2], n_outputs)
 
         self.architecture = _ARCH
         self.in_channels = in_channels
