@@ -374,32 +374,30 @@ def _write_if_changed(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def write_map(path: Path, data: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
-    """Write a float32 map on the SPM grid plus its JSON sidecar, both atomically."""
-    if data.shape != SPM_SHAPE:
-        raise OutputError(f"{path}: maps must be on the SPM grid {SPM_SHAPE}; got {data.shape}")
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), SPM_AFFINE)
+def _write_on_grid(path: Path, data: np.ndarray, sidecar: Mapping[str, Any], shape: tuple[int, ...],
+                   affine: np.ndarray, what: str) -> Path:
+    """Write a float32 image on a known MNI grid (q/sform code 4) plus its JSON sidecar, both atomically."""
+    if data.shape != shape:
+        raise OutputError(f"{path}: {what} {shape}; got {data.shape}")
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
     img.header.set_xyzt_units("mm")
-    img.header.set_qform(SPM_AFFINE, code=4)  # 4 = MNI
-    img.header.set_sform(SPM_AFFINE, code=4)
+    img.header.set_qform(affine, code=4)  # 4 = MNI
+    img.header.set_sform(affine, code=4)
     with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(img, tmp)
     write_json(path.with_name(path.name.replace(".nii.gz", ".json")), dict(sidecar))
     return path
+
+
+def write_map(path: Path, data: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
+    """Write a float32 map on the SPM grid plus its JSON sidecar, both atomically."""
+    return _write_on_grid(path, data, sidecar, SPM_SHAPE, SPM_AFFINE, "maps must be on the SPM grid")
 
 
 def write_t1w_mni(path: Path, data: np.ndarray, sidecar: Mapping[str, Any]) -> Path:
     """Write the T1w in MNI space (float32 on the 1 mm grid) plus its JSON sidecar, both atomically."""
-    if data.shape != MNI1MM_SHAPE:
-        raise OutputError(f"{path}: the T1w in MNI space must be on the 1 mm grid {MNI1MM_SHAPE}; got {data.shape}")
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), MNI1MM_AFFINE)
-    img.header.set_xyzt_units("mm")
-    img.header.set_qform(MNI1MM_AFFINE, code=4)  # 4 = MNI
-    img.header.set_sform(MNI1MM_AFFINE, code=4)
-    with atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
-    write_json(path.with_name(path.name.replace(".nii.gz", ".json")), dict(sidecar))
-    return path
+    return _write_on_grid(path, data, sidecar, MNI1MM_SHAPE, MNI1MM_AFFINE,
+                          "the T1w in MNI space must be on the 1 mm grid")
 
 
 def remove_t1w_mni(output_dir: Path, unit: T1wUnit, keep: Path | None = None) -> None:
