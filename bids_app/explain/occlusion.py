@@ -65,6 +65,7 @@ __all__ = [
 _ELEMENTWISE = ("batchnorm", "activation", "dropout")
 _WINDOWED = ("conv3d", "maxpool3d", "avgpool3d")
 _MERGE = ("concat", "add", "residual")
+_LOCAL = (*_ELEMENTWISE, *_WINDOWED, *_MERGE)
 
 
 @dataclass(frozen=True)
@@ -183,19 +184,26 @@ def occlusion_naive(
 
 
 # -------------------------------------------------------------------------------------------------
-# The receptive-field-limited engine
+# The receptive-field-limited engine: it propagates the change an occlusion makes
 # -------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class _Local:
-    """Recomputed values of one spatial node for a batch: ``t`` is B x C x size, at ``start`` (B x 3)."""
+class _Delta:
+    """The change (occluded minus unoccluded) of channels [c0, c1) of one spatial node, for a batch.
+
+    ``t`` (B x (c1 - c0) x size) holds the change on the box [start, start + size) of each position
+    (``start``: B x 3, the box inside the node's extent). The change is exactly 0 outside the box
+    and outside the true affected region [lo, hi) (B x 3, inside the box; empty when lo == hi).
+    """
 
     t: torch.Tensor
     start: np.ndarray
     size: np.ndarray  # (3,)
-    lo: np.ndarray  # true affected region (B x 3), lo <= hi; inside [start, start + size)
+    lo: np.ndarray
     hi: np.ndarray
+    c0: int
+    c1: int
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,39 @@ class _Window:
     dilation: tuple[int, int, int]
     pad_before: tuple[int, int, int]
     pad_value: float
+
+
+def _slices(a: np.ndarray, z: np.ndarray) -> tuple[slice, slice, slice]:
+    return (slice(int(a[0]), int(z[0])), slice(int(a[1]), int(z[1])), slice(int(a[2]), int(z[2])))
+
+
+def _place(dst: torch.Tensor, dst_start: np.ndarray, src: torch.Tensor, src_start: np.ndarray, add: bool) -> None:
+    """``dst[b] (+)= src[b]`` where the boxes of position ``b`` overlap (B x C x box each, boxes at the starts)."""
+    dsize = np.asarray(dst.shape[2:])
+    ssize = np.asarray(src.shape[2:])
+    a = np.maximum(dst_start, src_start)
+    z = np.minimum(dst_start + dsize, src_start + ssize)
+    ok = np.all(z > a, axis=1)
+    if not ok.any():
+        return
+    od, os_, ext = a - dst_start, a - src_start, z - a
+    if ok.all() and (od == od[0]).all() and (os_ == os_[0]).all() and (ext == ext[0]).all():
+        d = dst[(slice(None), slice(None), *_slices(od[0], od[0] + ext[0]))]
+        s = src[(slice(None), slice(None), *_slices(os_[0], os_[0] + ext[0]))]
+        d.add_(s) if add else d.copy_(s)
+        return
+    # Per position through numpy on the CPU: single-threaded, no OpenMP barrier per small copy
+    # (two torch threads on a busy machine made each small copy 50x slower).
+    cpu = dst.device.type == "cpu"
+    dn = dst.numpy() if cpu else dst
+    sn = src.numpy() if cpu else src
+    for b in np.flatnonzero(ok):
+        d = dn[(b, slice(None), *_slices(od[b], od[b] + ext[b]))]
+        s = sn[(b, slice(None), *_slices(os_[b], os_[b] + ext[b]))]
+        if add:
+            d += s
+        else:
+            d[...] = s
 
 
 class OcclusionEngine:
@@ -241,17 +282,30 @@ class OcclusionEngine:
         for n in self.order:
             if n.op in _WINDOWED:
                 self.windows[n.name] = self._window(n)
-        readers: dict[str, list[Node]] = {}
-        for n in self.order:
-            for s in n.inputs:
-                readers.setdefault(s, []).append(n)
-        # a node's cached (unoccluded) output is needed when a reader may read outside its region
-        self.keep = {name for name, rs in readers.items() if any(r.op not in _ELEMENTWISE for r in rs)}
+        # The unoccluded values the difference rules read (everything else is never kept):
+        # the input; the pre-activation output of a convolution with a non-linear activation; the
+        # input of an activation; input and output of a max pooling; global average pools; a
+        # spatial node read by a layer without a local rule (e.g. Flatten).
+        need = {self.order[0].name}
+        for n in self.order[1:]:
+            spatial_in = [s for s in n.inputs if self._spatial(s)]
+            if n.op == "conv3d" and self._act(n) != "linear":
+                need.add(f"{n.name}:pre")
+            elif n.op == "activation":
+                need.add(n.inputs[0])
+            elif n.op == "maxpool3d":
+                need.update((n.inputs[0], n.name))
+            elif n.op == "gap3d":
+                need.add(n.name)
+            elif spatial_in and not (self._spatial(n.name) and n.op in _LOCAL):
+                need.update(spatial_in)
+        self.need = need
         self.last_use: dict[str, int] = {}
         for i, n in enumerate(self.order):
             for s in n.inputs:
                 self.last_use[s] = i
         self._cache: dict[str, torch.Tensor] = {}
+        self._weights: dict[tuple[str, int, int], torch.Tensor] = {}
         self._base_logit: float | None = None
 
     # ------------------------------------------------------------------ structure
@@ -268,6 +322,9 @@ class OcclusionEngine:
         value = float("-inf") if n.op == "maxpool3d" else 0.0
         return _Window(k, s, d, pb, value)  # type: ignore[arg-type]
 
+    def _act(self, n: Node) -> str:
+        return "linear" if n.name == self.logit else str(n.config.get("activation", "linear"))
+
     def _spatial(self, name: str) -> bool:
         return len(self.shapes[name]) == 4
 
@@ -276,7 +333,7 @@ class OcclusionEngine:
 
     # ------------------------------------------------------------------ unoccluded pass
     def set_input(self, x: np.ndarray | torch.Tensor) -> float:
-        """Run the unoccluded input once and keep the activations later batches reuse; returns the score."""
+        """Run the unoccluded input once and keep the activations later batches read; returns the score."""
         xt = torch.as_tensor(np.asarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x).float()
         if xt.dim() == 4:
             xt = xt[None]
@@ -284,30 +341,32 @@ class OcclusionEngine:
             raise ValueError(
                 f"occlusion input must be 1 x {' x '.join(map(str, self.net.input_shape))}, got {tuple(xt.shape)}"
             )
-        xt = xt.to(self.device)
-        cache: dict[str, torch.Tensor] = {}
+        xt = xt.to(self.device).contiguous()
+        cache: dict[str, torch.Tensor] = {self.order[0].name: xt}
         live: dict[str, torch.Tensor] = {self.order[0].name: xt}
         with torch.inference_mode():
             for i, n in enumerate(self.order[1:], start=1):
                 xs = [live[s] for s in n.inputs]
-                live[n.name] = self.net.run_node(n, xs, final=(n.name == self.logit))
+                if n.op == "conv3d" and f"{n.name}:pre" in self.need:
+                    pre = self.net.layers[n.name](xs[0])
+                    cache[f"{n.name}:pre"] = pre
+                    out = ACTIVATIONS[self._act(n)](pre)
+                else:
+                    out = self.net.run_node(n, xs, final=(n.name == self.logit))
+                live[n.name] = out
+                if n.name in self.need:
+                    cache[n.name] = out
                 for s in n.inputs:
                     if self.last_use.get(s) == i:
-                        t = live.pop(s)
-                        if s in self.keep:
-                            cache[s] = t
-            for s, t in live.items():
-                if s in self.keep:
-                    cache[s] = t
+                        live.pop(s)
             logit = live[self.logit].reshape(-1)
         self._cache = cache
-        self._cache.setdefault(self.order[0].name, xt)
         self._base_logit = float(logit[0])
         return float(torch.sigmoid(logit.float())[0])
 
     # ------------------------------------------------------------------ regions
     def _fit(self, name: str, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One region size for the batch (>= every affected extent) and per-position starts."""
+        """One box size for the batch (>= every affected extent) and per-position starts inside the node."""
         full = self._full(name)
         size = np.maximum((hi - lo).max(axis=0), 1)
         size = np.where(size > self.params.full_fraction * full, full, size)
@@ -330,111 +389,204 @@ class OcclusionEngine:
         o_hi = np.where(empty, o_lo, o_hi)
         return o_lo, o_hi
 
-    # ------------------------------------------------------------------ assembling inputs
-    def _assemble(self, name: str, loc: _Local, r0: np.ndarray, rsize: np.ndarray, pad_value: float) -> torch.Tensor:
-        """Values of node ``name`` on region [r0, r0 + rsize) per position: cache, then local pasted over."""
-        if np.array_equal(r0, loc.start) and np.array_equal(rsize, loc.size):
-            return loc.t
-        B = len(r0)
-        full = self._full(name)
-        inside_local = np.all(r0 >= loc.start) and np.all(r0 + rsize <= loc.start + loc.size)
-        if inside_local:
-            off = r0 - loc.start
-            if np.all(off == off[0]):
-                o = off[0]
-                return loc.t[:, :, o[0] : o[0] + rsize[0], o[1] : o[1] + rsize[1], o[2] : o[2] + rsize[2]]
-            parts = [
-                loc.t[b, :, o[0] : o[0] + rsize[0], o[1] : o[1] + rsize[1], o[2] : o[2] + rsize[2]]
-                for b, o in enumerate(off)
-            ]
-            return torch.stack(parts)
-        cached_t = self._cache[name][0]
-        out_t = torch.empty(
-            (B, cached_t.shape[0], *[int(v) for v in rsize]), dtype=cached_t.dtype, device=cached_t.device
-        )
-        # Slice copies through numpy on the CPU: single-threaded, without an OpenMP barrier per copy
-        # (two threads on a busy machine made each small copy 50x slower).
+    # ------------------------------------------------------------------ cached values
+    def _gather(self, key: str, c0: int, c1: int, start: np.ndarray, size: np.ndarray, fill: float) -> torch.Tensor:
+        """Unoccluded values of channels [c0, c1) of ``key`` on each position's box (``fill`` outside the node)."""
+        cached_t = self._cache[key][0, c0:c1]
+        full = np.asarray(cached_t.shape[1:])
+        B = len(start)
+        out_t = torch.empty((B, c1 - c0, *[int(v) for v in size]), dtype=cached_t.dtype, device=cached_t.device)
+        if np.any(start < 0) or np.any(start + size > full):
+            out_t.fill_(fill)
         cpu = cached_t.device.type == "cpu"
         cached = cached_t.numpy() if cpu else cached_t
         out = out_t.numpy() if cpu else out_t
-        local = loc.t.numpy() if cpu else loc.t
-        padded = bool(np.any(r0 < 0) or np.any(r0 + rsize > full))
-        if padded:
-            out.fill(pad_value) if cpu else out_t.fill_(pad_value)  # type: ignore[union-attr]
-        lo_in = np.maximum(r0, 0)
-        hi_in = np.minimum(r0 + rsize, full)
-        llo = np.maximum(lo_in, loc.start)
-        lhi = np.minimum(hi_in, loc.start + loc.size)
+        a = np.maximum(start, 0)
+        z = np.minimum(start + size, full)
         for b in range(B):
-            a, z = lo_in[b], hi_in[b]
-            if np.any(z <= a):
+            if np.any(z[b] <= a[b]):
                 continue
-            d0 = a - r0[b]
-            d1 = z - r0[b]
-            out[b, :, d0[0] : d1[0], d0[1] : d1[1], d0[2] : d1[2]] = cached[:, a[0] : z[0], a[1] : z[1], a[2] : z[2]]  # type: ignore[assignment]
-            la, lz = llo[b], lhi[b]
-            if np.all(lz > la):
-                t0 = la - r0[b]
-                t1 = lz - r0[b]
-                s0 = la - loc.start[b]
-                s1 = lz - loc.start[b]
-                out[b, :, t0[0] : t1[0], t0[1] : t1[1], t0[2] : t1[2]] = local[  # type: ignore[assignment]
-                    b, :, s0[0] : s1[0], s0[1] : s1[1], s0[2] : s1[2]
-                ]
+            out[(b, slice(None), *_slices(a[b] - start[b], z[b] - start[b]))] = cached[  # type: ignore[index]
+                (slice(None), *_slices(a[b], z[b]))
+            ]
         return out_t
 
-    # ------------------------------------------------------------------ one batch
-    def _windowed(self, n: Node, loc_in: _Local) -> _Local:
+    def _weight(self, name: str, c0: int, c1: int) -> torch.Tensor:
+        key = (name, c0, c1)
+        if key not in self._weights:
+            self._weights[key] = self.net.layers[name].weight[:, c0:c1].contiguous()
+        return self._weights[key]
+
+    # ------------------------------------------------------------------ difference rules
+    def _conv(self, n: Node, parts: list[_Delta]) -> _Delta:
+        """A convolution is linear: its change is the convolution (no bias) of the input's change.
+
+        Each part of a concatenated input is convolved with its slice of the weight on its own box
+        (parts with smaller regions cost less). The box is zero-padded by the kernel's reach, so
+        the convolution sees only the nonzero change (oneDNN skips padded taps) and gives every
+        output it touches; a stride > 1 needs the box start on the stride's phase (a zero margin
+        of up to stride - 1 voxels).
+        """
         w = self.windows[n.name]
         out_full = self._full(n.name)
-        lo, hi = self._window_region(w, loc_in.lo, loc_in.hi, out_full)
-        c = n.config
-        if n.op == "avgpool3d" and c["padding"] == "same":
-            # TensorFlow divides by the number of real voxels: recompute the whole op
-            xin = self._assemble(n.inputs[0], loc_in, np.zeros_like(loc_in.start), self._full(n.inputs[0]), 0.0)
-            t = self.net.run_node(n, [xin], final=False)
-            start = np.zeros_like(lo)
-            return _Local(t, start, out_full.copy(), lo, hi)
+        s = np.asarray(w.stride)
+        pb = np.asarray(w.pad_before)
+        reach = (np.asarray(w.kernel) - 1) * np.asarray(w.dilation)
+        contribs: list[tuple[torch.Tensor, np.ndarray]] = []
+        los, his = [], []
+        for p in parts:
+            phase = (p.start + pb - reach) % s
+            t, a = p.t, p.start - phase
+            if phase.any():
+                t = torch.zeros(
+                    (len(a), p.t.shape[1], *[int(v) for v in p.size + phase.max(axis=0)]),
+                    dtype=p.t.dtype,
+                    device=p.t.device,
+                )
+                _place(t, a, p.t, p.start, add=False)
+            y = F.conv3d(
+                t,
+                self._weight(n.name, p.c0, p.c1),
+                None,
+                stride=w.stride,
+                padding=tuple(int(v) for v in reach),  # type: ignore[arg-type]
+                dilation=w.dilation,
+            )
+            contribs.append((y, (a - reach + pb) // s))
+            lo, hi = self._window_region(w, p.lo, p.hi, out_full)
+            los.append(lo)
+            his.append(hi)
+        lo, hi = np.minimum.reduce(los), np.maximum.reduce(his)
+        start, size = self._fit(n.name, lo, hi)
+        y0, o0 = contribs[0]
+        if len(contribs) == 1 and np.array_equal(o0, start) and tuple(y0.shape[2:]) == tuple(size):
+            acc = y0
+        else:
+            acc = torch.zeros((len(lo), y0.shape[1], *[int(v) for v in size]), dtype=y0.dtype, device=y0.device)
+            for y, o in contribs:
+                _place(acc, start, y, o, add=True)
+        act = self._act(n)
+        if act != "linear":
+            pre = self._gather(f"{n.name}:pre", 0, int(acc.shape[1]), start, size, 0.0)
+            f = ACTIVATIONS[act]
+            acc = f(pre + acc).sub_(f(pre))
+        return _Delta(acc, start, size, lo, hi, 0, int(acc.shape[1]))
+
+    def _pool(self, n: Node, p: _Delta) -> _Delta:
+        """Pooling, channel by channel: max pooling from the unoccluded input plus the change, minus
+        the unoccluded output; average pooling (``valid``) of the change alone (it is linear)."""
+        w = self.windows[n.name]
+        out_full = self._full(n.name)
+        lo, hi = self._window_region(w, p.lo, p.hi, out_full)
         start, size = self._fit(n.name, lo, hi)
         s = np.asarray(w.stride)
-        reach = (np.asarray(w.kernel) - 1) * np.asarray(w.dilation)
         r0 = start * s - np.asarray(w.pad_before)
-        rsize = (size - 1) * s + reach + 1
-        xin = self._assemble(n.inputs[0], loc_in, r0, rsize, w.pad_value)
-        if n.op == "conv3d":
-            conv = self.net.layers[n.name]
-            t = F.conv3d(xin, conv.weight, conv.bias, stride=w.stride, padding=0, dilation=w.dilation)  # type: ignore[arg-type]
-            t = ACTIVATIONS[c.get("activation", "linear")](t)
-        elif n.op == "maxpool3d":
-            t = F.max_pool3d(xin, w.kernel, w.stride)
+        rsize = (size - 1) * s + np.asarray(w.kernel)
+        if n.op == "maxpool3d":
+            x = self._gather(n.inputs[0], p.c0, p.c1, r0, rsize, w.pad_value)
+            _place(x, r0, p.t, p.start, add=True)
+            y = F.max_pool3d(x, w.kernel, w.stride)
+            y -= self._gather(n.name, p.c0, p.c1, start, size, 0.0)
         else:
-            t = F.avg_pool3d(xin, w.kernel, w.stride)
-        return _Local(t, start, size, lo, hi)
+            x = torch.zeros((len(r0), p.t.shape[1], *[int(v) for v in rsize]), dtype=p.t.dtype, device=p.t.device)
+            _place(x, r0, p.t, p.start, add=False)
+            y = F.avg_pool3d(x, w.kernel, w.stride)
+        return _Delta(y, start, size, lo, hi, p.c0, p.c1)
 
-    def _merge(self, n: Node, locs: list[_Local]) -> _Local:
-        lo = np.minimum.reduce([loc.lo for loc in locs])
-        hi = np.maximum.reduce([loc.hi for loc in locs])
-        start, size = self._fit(n.name, lo, hi)
-        xs = [self._assemble(s, loc, start, size, 0.0) for s, loc in zip(n.inputs, locs)]
-        t = self.net.run_node(n, xs, final=False)
-        return _Local(t, start, size, lo, hi)
+    def _whole(self, name: str, parts: list[_Delta]) -> torch.Tensor:
+        """The change of node ``name`` on its whole extent (B x C x D x H x W)."""
+        full = self._full(name)
+        B = len(parts[0].start)
+        t = self._cache_like(name, B)
+        zero = np.zeros((B, 3), dtype=np.int64)
+        for p in parts:
+            _place(t[:, p.c0 : p.c1], zero, p.t, p.start, add=False)
+        assert tuple(t.shape[2:]) == tuple(full)
+        return t
 
-    def _gap(self, n: Node, loc: _Local) -> torch.Tensor:
-        src = n.inputs[0]
-        full = self._full(src)
-        cached = self._cache[src]
-        count = float(np.prod(full))
-        base = cached.mean(dim=(2, 3, 4))[0]
-        if np.array_equal(loc.size, full):
-            return loc.t.mean(dim=(2, 3, 4))
-        new = loc.t.double().sum(dim=(2, 3, 4))
-        sz = loc.size
-        c = cached[0].double()
-        old = torch.stack(
-            [c[:, a[0] : a[0] + sz[0], a[1] : a[1] + sz[1], a[2] : a[2] + sz[2]].sum(dim=(1, 2, 3)) for a in loc.start]
-        )
-        return (base.double()[None] + (new - old) / count).to(loc.t.dtype)
+    def _cache_like(self, name: str, B: int) -> torch.Tensor:
+        shape = self.shapes[name]
+        dev = self._cache[self.order[0].name].device
+        return torch.zeros((B, *shape), dtype=torch.float32, device=dev)
 
+    def _single(self, name: str, parts: list[_Delta]) -> _Delta:
+        """The parts of a concatenation as one change over all channels (union of the regions)."""
+        C = self.shapes[name][0]
+        if len(parts) == 1 and parts[0].c0 == 0 and parts[0].c1 == C:
+            return parts[0]
+        lo = np.minimum.reduce([p.lo for p in parts])
+        hi = np.maximum.reduce([p.hi for p in parts])
+        start, size = self._fit(name, lo, hi)
+        t = torch.zeros((len(lo), C, *[int(v) for v in size]), dtype=parts[0].t.dtype, device=parts[0].t.device)
+        for p in parts:
+            _place(t[:, p.c0 : p.c1], start, p.t, p.start, add=False)
+        return _Delta(t, start, size, lo, hi, 0, C)
+
+    def _local(self, n: Node, ins: list[list[_Delta]]) -> list[_Delta]:
+        """The change of a spatial node from its inputs' changes (one rule per layer kind)."""
+        if n.op == "conv3d":
+            return [self._conv(n, ins[0])]
+        if n.op == "maxpool3d" or (n.op == "avgpool3d" and n.config["padding"] == "valid"):
+            return [self._pool(n, p) for p in ins[0]]
+        if n.op == "avgpool3d":
+            # same-padded average pooling (TensorFlow divides by the real voxels) is linear too:
+            # pool the change on the whole extent
+            full = self._full(n.name)
+            B = len(ins[0][0].start)
+            y = self.net.run_node(n, [self._whole(n.inputs[0], ins[0])], final=False)
+            zero = np.zeros((B, 3), dtype=np.int64)
+            lo = np.minimum.reduce([self._window_region(self.windows[n.name], p.lo, p.hi, full)[0] for p in ins[0]])
+            hi = np.maximum.reduce([self._window_region(self.windows[n.name], p.lo, p.hi, full)[1] for p in ins[0]])
+            return [_Delta(y, zero, full.copy(), lo, hi, 0, int(y.shape[1]))]
+        if n.op == "dropout":  # identity at inference
+            return ins[0]
+        if n.op == "batchnorm":  # affine: the change is scaled, the shift cancels
+            bn = self.net.layers[n.name]
+            out = []
+            for p in ins[0]:
+                scale = torch.rsqrt(bn.running_var[p.c0 : p.c1] + bn.epsilon)
+                if bn.weight is not None:
+                    scale = scale * bn.weight[p.c0 : p.c1]
+                out.append(_Delta(p.t * scale.view(1, -1, 1, 1, 1), p.start, p.size, p.lo, p.hi, p.c0, p.c1))
+            return out
+        if n.op == "activation":
+            f = ACTIVATIONS[n.config["activation"]]
+            out = []
+            for p in ins[0]:
+                x = self._gather(n.inputs[0], p.c0, p.c1, p.start, p.size, 0.0)
+                out.append(_Delta(f(x + p.t).sub_(f(x)), p.start, p.size, p.lo, p.hi, p.c0, p.c1))
+            return out
+        if n.op == "concat":
+            out, offset = [], 0
+            for src, parts in zip(n.inputs, ins):
+                out.extend(_Delta(p.t, p.start, p.size, p.lo, p.hi, p.c0 + offset, p.c1 + offset) for p in parts)
+                offset += self.shapes[src][0]
+            return out
+        if n.op in ("add", "residual"):
+            ds = [self._single(s, parts) for s, parts in zip(n.inputs, ins)]
+            lo = np.minimum.reduce([d.lo for d in ds])
+            hi = np.maximum.reduce([d.hi for d in ds])
+            start, size = self._fit(n.name, lo, hi)
+            acc = torch.zeros(
+                (len(lo), ds[0].t.shape[1], *[int(v) for v in size]), dtype=ds[0].t.dtype, device=ds[0].t.device
+            )
+            for i, d in enumerate(ds):
+                t = d.t * float(n.config["scale"]) if (n.op == "residual" and i == 1) else d.t
+                _place(acc, start, t, d.start, add=True)
+            return [_Delta(acc, start, size, lo, hi, 0, int(acc.shape[1]))]
+        raise ValueError(f"layer {n.name!r}: no local rule for {n.op!r}")  # pragma: no cover
+
+    def _gap(self, n: Node, parts: list[_Delta]) -> torch.Tensor:
+        """Global average pooling is a sum: the unoccluded mean plus the change's sum over the volume."""
+        count = float(np.prod(self._full(n.inputs[0])))
+        B = len(parts[0].start)
+        base = self._cache[n.name]
+        change = torch.zeros((B, base.shape[1]), dtype=torch.float64, device=base.device)
+        for p in parts:
+            change[:, p.c0 : p.c1] = p.t.double().sum(dim=(2, 3, 4))
+        return (base.double() + change / count).to(base.dtype)
+
+    # ------------------------------------------------------------------ one batch
     def occluded_logits(self, starts: np.ndarray) -> np.ndarray:
         """Logits of the occluded inputs for window ``starts`` (B x 3), one batch."""
         if self._base_logit is None:
@@ -448,40 +600,28 @@ class OcclusionEngine:
         start, size = self._fit(in_name, lo, hi)
         x = self._cache[in_name]
         B = len(starts)
-        t = torch.empty((B, x.shape[1], *[int(v) for v in size]), dtype=x.dtype, device=x.device)
-        cpu = x.device.type == "cpu"
-        xa, ta = (x.numpy(), t.numpy()) if cpu else (x, t)
+        t = torch.zeros((B, x.shape[1], *[int(v) for v in size]), dtype=x.dtype, device=x.device)
         for b in range(B):
-            a = start[b]
-            ta[b] = xa[0, :, a[0] : a[0] + size[0], a[1] : a[1] + size[1], a[2] : a[2] + size[2]]  # type: ignore[assignment]
-            o0 = lo[b] - a
-            o1 = hi[b] - a
-            ta[b, :, o0[0] : o1[0], o0[1] : o1[1], o0[2] : o1[2]] = baseline
-        live: dict[str, _Local | torch.Tensor] = {in_name: _Local(t, start, size, lo.copy(), hi.copy())}
+            o0, o1 = lo[b] - start[b], hi[b] - start[b]
+            t[(b, slice(None), *_slices(o0, o1))] = baseline - x[(0, slice(None), *_slices(lo[b], hi[b]))]
+        live: dict[str, list[_Delta] | torch.Tensor] = {
+            in_name: [_Delta(t, start, size, lo.copy(), hi.copy(), 0, int(x.shape[1]))]
+        }
         with torch.inference_mode():
             for i, n in enumerate(self.order[1:], start=1):
                 ins = [live[s] for s in n.inputs]
-                final = n.name == self.logit
-                if all(isinstance(v, _Local) for v in ins) and self._spatial(n.name):
-                    locs = [v for v in ins if isinstance(v, _Local)]
-                    if n.op in _WINDOWED:
-                        out: _Local | torch.Tensor = self._windowed(n, locs[0])
-                    elif n.op in _ELEMENTWISE:
-                        loc = locs[0]
-                        out = _Local(self.net.run_node(n, [loc.t], final=False), loc.start, loc.size, loc.lo, loc.hi)
-                    elif n.op in _MERGE:
-                        out = self._merge(n, locs)
-                    else:  # pragma: no cover - every spatial op is listed above
-                        raise ValueError(f"layer {n.name!r}: no local rule for {n.op!r}")
-                elif n.op == "gap3d" and isinstance(ins[0], _Local):
+                out: list[_Delta] | torch.Tensor
+                if self._spatial(n.name) and n.op in _LOCAL and all(isinstance(v, list) for v in ins):
+                    out = self._local(n, ins)  # type: ignore[arg-type]
+                elif n.op == "gap3d" and isinstance(ins[0], list):
                     out = self._gap(n, ins[0])
                 else:
                     xs = []
                     for s, v in zip(n.inputs, ins):
-                        if isinstance(v, _Local):  # e.g. Flatten of a spatial map: assemble it whole
-                            v = self._assemble(s, v, np.zeros_like(v.start), self._full(s), 0.0)
+                        if isinstance(v, list):  # e.g. Flatten of a spatial map: the whole occluded value
+                            v = self._whole(s, v).add_(self._cache[s])
                         xs.append(v)
-                    out = self.net.run_node(n, xs, final=final)
+                    out = self.net.run_node(n, xs, final=(n.name == self.logit))
                 live[n.name] = out
                 for s in n.inputs:
                     if self.last_use.get(s) == i:
