@@ -3,7 +3,7 @@
 Networks: full-size BrainImageNet graphs with random weights (slow), the shipped demo models, small
 odd-sized variants of all three architectures (every border position), and hand-made graphs with
 the operators the BrainImageNet graphs do not use (same-padded average pooling, dilation,
-same-padded max pooling, add, flatten). Random networks barely react to a cube, so the tests
+same-padded max pooling, add, flatten, an unfolded BatchNorm). Random networks barely react to a cube, so the tests
 "calibrate" the head: the output layer is scaled and shifted so that the unoccluded logit is about
 0 and occlusions move the score by 1e-3 .. 1e-1; the comparison at 1e-4 is then meaningful.
 """
@@ -150,16 +150,19 @@ def test_hand_made_graph_with_other_operators_whole_map_with_mask():
         ("in", "input", (), {}),
         ("c1", "conv3d", ("in",), conv(4, 3, 2, "same", a="relu")),
         ("p1", "avgpool3d", ("c1",), {"pool_size": 3, "strides": 2, "padding": "same"}),
+        # a BatchNorm that is not after a convolution stays unfolded (the engine's affine rule)
+        ("bn", "batchnorm", ("p1",), {"epsilon": 1e-3, "center": True, "scale": True}),
         ("c2", "conv3d", ("c1",), conv(4, 3, 1, "same", d=2, a="tanh")),
         ("p2", "maxpool3d", ("c2",), {"pool_size": 2, "strides": 2, "padding": "same"}),
-        ("sum", "add", ("p1", "p2"), {}),
+        ("sum", "add", ("bn", "p2"), {}),
         ("c3", "conv3d", ("sum",), conv(3, [1, 3, 1], 1, "valid", a="elu")),
         ("flat", "flatten", ("c3",), {}),
         ("out", "dense", ("flat",), {"units": 1, "activation": "sigmoid", "use_bias": True}),
     ]
     shape = (2, 21, 19, 17)
     torch.manual_seed(0)
-    net = _graph(nodes, shape).eval()
+    net = randomise_bn(_graph(nodes, shape)).eval()
+    assert any(n.op == "batchnorm" for n in OcclusionEngine(net).net.nodes)
     rng = np.random.default_rng(1)
     x = rng.random(shape, dtype=np.float32)
     mask = np.zeros(shape[1:], dtype=bool)
