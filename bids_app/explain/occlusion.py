@@ -55,13 +55,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..models.fast import fold_batchnorm
-from ..models.graph import ACTIVATIONS, GraphNet, Node, _same_pads, _triple
+from ..models.graph import ACTIVATIONS, GraphNet, KerasBatchNorm3d, Node, _same_pads, _triple
 
 __all__ = [
     "OcclusionEngine",
@@ -231,6 +232,14 @@ def _slices(a: np.ndarray, z: np.ndarray) -> tuple[slice, slice, slice]:
     return (slice(int(a[0]), int(z[0])), slice(int(a[1]), int(z[1])), slice(int(a[2]), int(z[2])))
 
 
+_ALL = slice(None)
+
+
+def _ix(lead: tuple[Any, ...], a: np.ndarray, z: np.ndarray) -> tuple[Any, ...]:
+    """Index ``lead`` followed by the box [a, z) on the three spatial axes."""
+    return lead + _slices(a, z)
+
+
 def _place(dst: torch.Tensor, dst_start: np.ndarray, src: torch.Tensor, src_start: np.ndarray, add: bool) -> None:
     """``dst[b] (+)= src[b]`` where the boxes of position ``b`` overlap (B x C x box each, boxes at the starts)."""
     dsize = np.asarray(dst.shape[2:])
@@ -242,18 +251,18 @@ def _place(dst: torch.Tensor, dst_start: np.ndarray, src: torch.Tensor, src_star
         return
     od, os_, ext = a - dst_start, a - src_start, z - a
     if ok.all() and (od == od[0]).all() and (os_ == os_[0]).all() and (ext == ext[0]).all():
-        d = dst[(slice(None), slice(None), *_slices(od[0], od[0] + ext[0]))]
-        s = src[(slice(None), slice(None), *_slices(os_[0], os_[0] + ext[0]))]
+        d = dst[_ix((_ALL, _ALL), od[0], od[0] + ext[0])]
+        s = src[_ix((_ALL, _ALL), os_[0], os_[0] + ext[0])]
         d.add_(s) if add else d.copy_(s)
         return
     # Per position through numpy on the CPU: single-threaded, no OpenMP barrier per small copy
     # (two torch threads on a busy machine made each small copy 50x slower).
     cpu = dst.device.type == "cpu"
-    dn = dst.numpy() if cpu else dst
-    sn = src.numpy() if cpu else src
+    dn: Any = dst.numpy() if cpu else dst
+    sn: Any = src.numpy() if cpu else src
     for b in np.flatnonzero(ok):
-        d = dn[(b, slice(None), *_slices(od[b], od[b] + ext[b]))]
-        s = sn[(b, slice(None), *_slices(os_[b], os_[b] + ext[b]))]
+        d = dn[_ix((b, _ALL), od[b], od[b] + ext[b])]
+        s = sn[_ix((b, _ALL), os_[b], os_[b] + ext[b])]
         if add:
             d += s
         else:
@@ -411,22 +420,21 @@ class OcclusionEngine:
         if np.any(start < 0) or np.any(start + size > full):
             out_t.fill_(fill)
         cpu = cached_t.device.type == "cpu"
-        cached = cached_t.numpy() if cpu else cached_t
-        out = out_t.numpy() if cpu else out_t
+        cached: Any = cached_t.numpy() if cpu else cached_t
+        out: Any = out_t.numpy() if cpu else out_t
         a = np.maximum(start, 0)
         z = np.minimum(start + size, full)
         for b in range(B):
             if np.any(z[b] <= a[b]):
                 continue
-            out[(b, slice(None), *_slices(a[b] - start[b], z[b] - start[b]))] = cached[  # type: ignore[index]
-                (slice(None), *_slices(a[b], z[b]))
-            ]
+            out[_ix((b, _ALL), a[b] - start[b], z[b] - start[b])] = cached[_ix((_ALL,), a[b], z[b])]
         return out_t
 
     def _weight(self, name: str, c0: int, c1: int) -> torch.Tensor:
         key = (name, c0, c1)
         if key not in self._weights:
-            self._weights[key] = self.net.layers[name].weight[:, c0:c1].contiguous()
+            conv = cast(torch.nn.Conv3d, self.net.layers[name])
+            self._weights[key] = conv.weight[:, c0:c1].contiguous()
         return self._weights[key]
 
     # ------------------------------------------------------------------ difference rules
@@ -461,7 +469,7 @@ class OcclusionEngine:
                 self._weight(n.name, p.c0, p.c1),
                 None,
                 stride=w.stride,
-                padding=tuple(int(v) for v in reach),  # type: ignore[arg-type]
+                padding=(int(reach[0]), int(reach[1]), int(reach[2])),
                 dilation=w.dilation,
             )
             contribs.append((y, (a - reach + pb) // s))
@@ -553,7 +561,7 @@ class OcclusionEngine:
         if n.op == "dropout":  # identity at inference
             return ins[0]
         if n.op == "batchnorm":  # affine: the change is scaled, the shift cancels
-            bn = self.net.layers[n.name]
+            bn = cast(KerasBatchNorm3d, self.net.layers[n.name])
             out = []
             for p in ins[0]:
                 scale = torch.rsqrt(bn.running_var[p.c0 : p.c1] + bn.epsilon)
@@ -615,7 +623,7 @@ class OcclusionEngine:
         t = torch.zeros((B, x.shape[1], *[int(v) for v in size]), dtype=x.dtype, device=x.device)
         for b in range(B):
             o0, o1 = lo[b] - start[b], hi[b] - start[b]
-            t[(b, slice(None), *_slices(o0, o1))] = baseline - x[(0, slice(None), *_slices(lo[b], hi[b]))]
+            t[_ix((b, _ALL), o0, o1)] = baseline - x[_ix((0, _ALL), lo[b], hi[b])]
         live: dict[str, list[_Delta] | torch.Tensor] = {
             in_name: [_Delta(t, start, size, lo.copy(), hi.copy(), 0, int(x.shape[1]))]
         }
