@@ -14,7 +14,14 @@ Pipeline of one task:
 2. per outer fold: ``StandardScaler`` + ``LogisticRegression`` (binary; multinomial for more
    classes) or ``Ridge`` (regression), the L2 strength chosen by an inner cross-validation on the
    training folds only (whole sites per inner fold when the training folds hold three or more sites,
-   otherwise whole participants), refitted on all training folds;
+   otherwise whole participants), refitted on all training folds. The classifiers weight the classes
+   to equal total weight (``class_weight="balanced"``): leave-sites-out training folds differ a lot in
+   prevalence, and at the strong penalties the inner CV often chooses on small cohorts the logit is
+   nearly the intercept, which without weights is the training prevalence's logit. That made every
+   test participant the training majority class (balanced accuracy 0.5) and the pooled AUC follow the
+   folds' prevalences rather than the participants (0.63 pooled from per-fold AUCs of 0.91-1.0, in
+   ``tests/test_train_regional.py``). With the weights, probabilities are those of equal priors and the
+   0.5 threshold is the balanced-accuracy one;
 3. the fitted numbers copied into a ``RegionalLinear`` per fold (its outputs equal scikit-learn's
    ``decision_function`` / standardised ``predict``, checked by the tests);
 4. out-of-fold metrics: AUC and balanced accuracy (binary), macro and per-class AUC, balanced
@@ -250,7 +257,7 @@ def _fit(volumes: np.ndarray, y: np.ndarray, task: RegionalTask, sites: Sequence
         if present != list(range(want)):
             missing = [task.labels[i] for i in range(want) if i not in present]
             raise InputDataError(f"{task.name}: the training data hold no {', '.join(missing)} participants")
-        est = LogisticRegression(max_iter=5000, random_state=seed)
+        est = LogisticRegression(max_iter=5000, random_state=seed, class_weight="balanced")
         name, grid_values, scoring = "C", C_GRID, "neg_log_loss"
     splits, how = _inner_splits(target if task.kind != "regression" else np.zeros(len(x)),
                                 np.asarray(sites, dtype=object), np.asarray(participant_ids, dtype=object), task.kind)
@@ -469,6 +476,7 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
                     + (", as percent of their total" if task.normalise == "total_gm" else " (absolute)")
                     + ", standardised (StandardScaler on the training folds)",
         "penalty": "l2",
+        **({} if task.kind == "regression" else {"class_weight": "balanced (probabilities of equal class priors)"}),
         "grid": {fits[0].penalty_name: list(ALPHA_GRID if task.kind == "regression" else C_GRID)},
         "scoring": "neg_mean_absolute_error" if task.kind == "regression" else "neg_log_loss",
         "chosen": [{"fold": k, fits[k].penalty_name: fits[k].penalty, "inner_cv": fits[k].inner_cv}
