@@ -514,18 +514,6 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
     }
 
 
-def _extra_targets(participants_tsv: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Add ``age`` and ``mci_progression`` from participants.tsv (not read by :func:`collect_cohort`)."""
-    raw = pd.read_csv(participants_tsv, sep="\t", dtype=str, keep_default_na=False)
-    ids = raw["participant_id"].str.strip()
-    ids = ids.where(ids.str.startswith("sub-"), "sub-" + ids)
-    for col in ("age", "mci_progression"):
-        if col in raw.columns and col not in rows.columns:
-            values = dict(zip(ids, raw[col].str.strip().replace({"n/a": pd.NA, "": pd.NA})))
-            rows = rows.assign(**{col: rows["participant_id"].map(values)})
-    return rows
-
-
 def _read_gmv(path: Path) -> np.ndarray:
     from .data import _read_map
 
@@ -562,7 +550,7 @@ def train_regional(
     if unknown:
         raise UsageError(f"regional baseline tasks must be among {', '.join(REGIONAL_TASKS)}; got {unknown}")
     out = Path(out)
-    rows = _extra_targets(Path(participants_tsv), collect_cohort(derivatives_dir, participants_tsv))
+    rows = collect_cohort(derivatives_dir, participants_tsv)  # labels incl. age, progression (bids_app.labels)
     auto_origin, auto_synth = maps_origin(Path(derivatives_dir))
     origin = origin or auto_origin
     synthetic = auto_synth if synthetic is None else synthetic
