@@ -77,6 +77,9 @@ __all__ = [
     "cv_regional",
     "make_card",
     "train_regional",
+    "architecture_params",
+    "fit_predict",
+    "task_for_head",
 ]
 
 _log = logging.getLogger("bids_app.train")
@@ -599,8 +602,24 @@ def task_for_head(head: Any) -> RegionalTask:
     known = REGIONAL_TASKS.get(head.name)
     normalise = known.normalise if known is not None else (
         "total_gm" if head.target in ("diagnosis", "mci_progression") else "none")
+    # heads carry no thresholds (the card adds them); the known task's, else 0.5 for a binary head
+    thresholds = dict(known.thresholds) if known is not None else ({"default": 0.5} if head.kind == "binary" else {})
     return RegionalTask(head.name, head.kind, head.target, tuple(head.labels), unit=head.unit or "",
-                        thresholds=dict(head.thresholds), normalise=normalise)
+                        thresholds=thresholds, normalise=normalise)
+
+
+def architecture_params(heads: Any) -> dict[str, Any]:
+    """The ``regional_linear`` params of a family run's card (``heads``: its one-head HeadSet).
+
+    What :class:`RegionalLinear` needs to be rebuilt from the card alone (``save_package`` and the
+    loader do): the atlas's region count and name, the outputs, and the features' normalisation.
+    """
+    if len(heads) != 1:
+        raise UsageError("the regional baseline predicts one target per task; multi-task heads need a network family")
+    task = task_for_head(heads.heads[0])
+    atlas = regional_atlas()
+    return {"n_regions": atlas.n_regions, "n_outputs": len(task.labels) if task.kind == "multiclass" else 1,
+            "atlas": atlas.name, "normalise": task.normalise}
 
 
 def _volumes_of(rows: pd.DataFrame, atlas: RegionalAtlas) -> np.ndarray:
