@@ -167,7 +167,7 @@ def test_every_family_and_the_baseline_side_by_side_from_the_command_line(tmp_pa
     regional = long[(long["family"] == "regional") & (long["metric"] == "roc_auc")].iloc[0]
     assert regional["value"] >= 0.9, regional
     md = (rep / "ad_comparison.md").read_text()
-    assert all(f"| {fam} |" in md for fam in FAMILIES)
+    assert all(f"| {fam} |" in md for fam in FAMILIES) and "95% intervals from 50 half-size subsamples" in md
     # every family: the same folds, each of whole sites, tested only on sites it never trained on
     sites = pd.read_csv(rep / "ad_folds_sites.tsv", sep="\t")
     assert sites.groupby("site")["fold"].nunique().max() == 1 and sites["fold"].nunique() == 2

@@ -522,7 +522,7 @@ def train_families(
                             val_fraction=cfg.val_fraction, seed=cfg.seed, source=preset.source)
         _save(res, card, out, dtype)
         results.append(res)
-    write_comparison(out, results)
+    write_comparison(out, results, n_resamples=cfg.n_resamples)
     return results
 
 
@@ -539,7 +539,7 @@ def _tsv(path: Path, table: pd.DataFrame, written: list[Path]) -> None:
     written.append(path)
 
 
-def write_comparison(out: Path, results: Sequence[FamilyResult]) -> list[Path]:
+def write_comparison(out: Path, results: Sequence[FamilyResult], *, n_resamples: int = 1000) -> list[Path]:
     """Per-family tables, the family x metric comparison (with intervals) and learning curves per task.
 
     Files under ``out/report``: ``{family}_{task}_{folds,pooled,predictions,history}.tsv``,
@@ -578,7 +578,8 @@ def write_comparison(out: Path, results: Sequence[FamilyResult]) -> list[Path]:
         _tsv(rep / f"{task}_comparison_wide.tsv", wide, written)
         md = rep / f"{task}_comparison.md"
         lines = [f"# {task}: leave-sites-out cross-validation, every family on the same folds", "",
-                 "Pooled out-of-fold metrics; 95% intervals from 1000 half-size subsamples (Lu et al. 2022).", "",
+                 f"Pooled out-of-fold metrics; 95% intervals from {n_resamples} half-size subsamples (Lu et al. 2022).",
+                 "",
                  "| " + " | ".join(wide.columns) + " |", "|" + "---|" * len(wide.columns)]
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
         with atomic_path(md, suffix=".md") as tmp:
