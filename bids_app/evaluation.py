@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
@@ -41,8 +40,7 @@ import numpy as np
 import pandas as pd
 
 from .derivatives import PREDICTION_COLUMNS
-from .errors import InputDataError
-from .labels import ParticipantLabels, parse_diagnosis
+from .labels import ParticipantLabels, read_labels
 from .metrics import (
     METRIC_NAMES,
     MULTICLASS_METRIC_NAMES,
@@ -312,85 +310,26 @@ def model_threshold(model_rows: pd.DataFrame) -> float:
 #: columns of the per-visit label table (:func:`read_visit_labels`)
 VISIT_COLUMNS = ("participant_id", "session_id", "sex", "diagnosis", "age", "mci_progression")
 
-_PROGRESSION = {
-    "pmci": "pMCI", "progressive": "pMCI", "progressive mci": "pMCI", "converter": "pMCI", "mci converter": "pMCI",
-    "smci": "sMCI", "stable": "sMCI", "stable mci": "sMCI", "non converter": "sMCI", "nonconverter": "sMCI",
-}
-
-
-def _parse_progression(value: Any) -> str | None:
-    text = re.sub(r"[_\-\s]+", " ", str(value).strip().lower())
-    return _PROGRESSION.get(text)
-
-
-def _parse_age(value: Any) -> float:
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        return math.nan
-    return number if 0.0 <= number <= 130.0 else math.nan
-
-
-def _read_tsv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, na_filter=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputDataError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
-
-
-def _visit_rows(raw: pd.DataFrame, participant_id: str | None) -> list[dict[str, Any]]:
-    lower = {c.lower().strip(): c for c in raw.columns}
-    rows = []
-    for _, r in raw.iterrows():
-        pid = participant_id or str(r[lower["participant_id"]]).strip()
-        pid = pid if pid.startswith("sub-") else f"sub-{pid}"
-        sid = None
-        if participant_id is not None:
-            sid = str(r[lower["session_id"]]).strip()
-            sid = sid if sid.startswith("ses-") else f"ses-{sid}"
-        rows.append({
-            "participant_id": pid,
-            "session_id": sid,
-            "diagnosis": parse_diagnosis(r[lower["diagnosis"]]) if "diagnosis" in lower else None,
-            "age": _parse_age(r[lower["age"]]) if "age" in lower else math.nan,
-            "mci_progression": _parse_progression(r[lower["mci_progression"]]) if "mci_progression" in lower else None,
-        })
-    return rows
-
-
 def read_visit_labels(bids_dir: Path, labels: ParticipantLabels | None = None) -> pd.DataFrame:
     """Age, diagnosis, MCI progression and sex per participant and per session (columns :data:`VISIT_COLUMNS`).
 
-    One row per participant of ``participants.tsv`` (``session_id`` NA: the participant's values)
-    and one per row of ``sub-*/sub-*_sessions.tsv`` (a session's own ``age``, ``diagnosis``,
-    ``mci_progression``; missing cells fall back on the participant's, see :func:`visit_values`).
-    Sex and diagnosis of the participant rows come from ``labels`` (their synonyms parsed there).
-    A stand-in until :mod:`bids_app.labels` reads sessions.tsv itself: same table, one place to swap.
+    One row per participant of ``participants.tsv`` (``session_id`` None: the participant's values)
+    and one per row of ``sub-*/sub-*_sessions.tsv`` (the session's values, the participant's where
+    the session gives none; :func:`visit_values` reads them). A view of ``labels`` (read from
+    ``bids_dir`` by :func:`bids_app.labels.read_labels` when not given), the one reader of both tables.
     """
-    bids_dir = Path(bids_dir)
-    rows: list[dict[str, Any]] = []
-    path = bids_dir / "participants.tsv"
-    if path.is_file():
-        raw = _read_tsv(path)
-        if "participant_id" in raw.columns:
-            rows += _visit_rows(raw, None)
-    for sessions in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv")):
-        raw = _read_tsv(sessions)
-        if "session_id" not in raw.columns:
-            logger.warning("%s: no session_id column; its labels are not read", sessions)
-            continue
-        rows += _visit_rows(raw, sessions.parent.name)
-    table = pd.DataFrame(rows, columns=list(VISIT_COLUMNS))
+    if labels is None:
+        labels = read_labels(Path(bids_dir))
+    cols = [c for c in VISIT_COLUMNS if c not in ("participant_id", "session_id")]
+    own = labels.table[cols].reset_index()
+    own.insert(1, "session_id", None)
+    visits = labels.sessions[cols].reset_index()
+    table = pd.concat([own, visits], ignore_index=True) if len(visits) else own
+    table = table[list(VISIT_COLUMNS)].astype({"participant_id": object, "session_id": object})
     for col in ("session_id", "sex", "diagnosis", "mci_progression"):
         table[col] = table[col].astype(object).where(table[col].notna(), None)
-    if labels is not None and len(table):
-        participant = table["session_id"].isna()
-        for col in ("sex", "diagnosis"):
-            ids = table.loc[participant, "participant_id"].to_numpy()
-            known = labels.table[col].reindex(ids).to_numpy(dtype=object)
-            table.loc[participant, col] = [None if pd.isna(v) else v for v in known]
     table["age"] = table["age"].astype(float)
-    return table
+    return table.reset_index(drop=True)
 
 
 def participant_table(labels: ParticipantLabels, visits: pd.DataFrame | None) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bids_app.grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
-from bids_app.synth import draw_sites, draw_subjects, simulate_dataset, truth_paths
+from bids_app.synth import draw_sites, draw_subjects, simulate_dataset, truth_paths, truth_t1w_mni_path
 from bids_app.synth.anatomy import template_anatomy
 from bids_app.synth.simulate import (
     AGE_REFERENCE_YEARS,
@@ -97,13 +97,31 @@ def test_true_gmv_sums_to_native_gm_volume(small_dataset: Path) -> None:
 @pytest.mark.slow
 def test_same_seed_same_dataset(tmp_path: Path) -> None:
     a = simulate_dataset(tmp_path / "a", participants=2, sites=1, seed=4, maps_only=True)
-    b = simulate_dataset(tmp_path / "b", participants=1, sites=1, seed=5, maps_only=True)
+    b = simulate_dataset(tmp_path / "b", participants=1, sites=1, seed=5, maps_only=True, t1w_mni=True)
     c = simulate_dataset(tmp_path / "c", participants=2, sites=1, seed=4, maps_only=True, nprocs=2)
     for pid in ("sub-001", "sub-002"):
         for key in ("gmd", "gmv", "atrophy_mask"):
             assert np.array_equal(_load(truth_paths(a, pid)[key]), _load(truth_paths(c, pid)[key]))
     assert (a / "participants.tsv").read_bytes() == (c / "participants.tsv").read_bytes()
     assert not np.array_equal(_load(truth_paths(a, "sub-001")["gmv"]), _load(truth_paths(b, "sub-001")["gmv"]))
+    assert not truth_t1w_mni_path(a, "sub-001").exists()  # only when asked for
+    _affine_t1w_checks(b)
+
+
+def _affine_t1w_checks(ds: Path) -> None:
+    """The true T1w in MNI space (``t1w_mni=True``): on the 1 mm grid, named as the app names it,
+    skull-stripped as the derivatives backend requires, WM near 1 (the site contrasts, no bias)."""
+    from bids_app.grid import MNI1MM_AFFINE, MNI1MM_SHAPE, mni1mm_brain_mask
+    from bids_app.preproc.existing import load_t1w_mni
+
+    path = truth_t1w_mni_path(ds, "sub-001")
+    img = nib.load(str(path))
+    assert img.shape == MNI1MM_SHAPE and np.allclose(img.affine, MNI1MM_AFFINE)
+    assert path.name == "sub-001_space-MNI152NLin2009aSym_res-1_desc-preproc_T1w.nii.gz"
+    t1 = load_t1w_mni(path)  # refuses a T1w with > 10 % of its intensity outside the dilated template brain
+    brain = mni1mm_brain_mask()
+    assert 0.95 < float(np.percentile(t1[brain], 95)) <= 1.01
+    assert float(t1[brain].sum() / t1.sum()) > 0.9 and (t1[brain] > 0).mean() > 0.999
 
 
 def test_refuses_bad_arguments(tmp_path: Path) -> None:

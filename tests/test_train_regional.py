@@ -17,7 +17,6 @@ from bids_app import grid
 from bids_app.errors import InputDataError, ModelPackageError
 from bids_app.models.regional import RegionalLinear
 from bids_app.synth import draw_sites, draw_subjects
-from bids_app.templates import ellipsoid_mask
 from bids_app.train.folds import site_folds
 from bids_app.train.regional import (
     REGIONAL_TASKS,
@@ -153,23 +152,41 @@ def aal():
     return regional_atlas()
 
 
+def _simulator_mtl_weight() -> np.ndarray:
+    """The simulator's medial-temporal atrophy weight (0..1) on the SPM grid, trilinear as it samples it.
+
+    :func:`bids_app.synth.anatomy.template_anatomy` builds it from AAL's hippocampus, parahippocampal
+    gyrus and amygdala (mricron-data, which this module needs anyway), smoothed; the simulator removes
+    ``(mtl_gm_loss + mtl_age_loss) * weight`` of the GM there.
+    """
+    from bids_app.synth.anatomy import template_anatomy
+
+    tmpl = template_anatomy()
+    to_template_voxels = np.linalg.inv(tmpl.affine) @ grid.SPM_AFFINE
+    return ndimage.affine_transform(np.asarray(tmpl.mtl_weight, np.float32), to_template_voxels[:3, :3],
+                                    offset=to_template_voxels[:3, 3], output_shape=grid.SPM_SHAPE, order=1)
+
+
 def _cohort_maps(n: int, n_sites: int, seed: int):
     """GMV truth of synthetic subjects without the warp: the simulator's atrophy model on the template GM.
 
-    Demographics, diagnosis, MTL loss, age-related loss and head size come from the simulator's own
-    draws (:func:`draw_subjects`); GMV = template GM x smooth thickness noise x (1 - loss) x head
-    size^3, with the medial-temporal region taken from ellipsoids (not from the atlas the model reads).
+    Demographics, diagnosis, MTL loss, age-related losses and head size come from the simulator's own
+    draws (:func:`draw_subjects`); GMV = template GM x smooth thickness noise (8 %, as the simulator's)
+    x (1 - loss) x head size^3, with loss = global + (MTL + MTL age) x the simulator's MTL weight.
+    (An earlier version took the MTL region from the fallback ellipsoids, which put only 18-38 % of the
+    loss inside AAL's hippocampus, parahippocampal gyrus and amygdala, against 94-97 % in the
+    simulator: a cohort with a third of the simulator's signal.)
     """
     subjects = draw_subjects(n, draw_sites(n_sites, seed), seed)
     gm = grid.template_gm().astype(np.float32)
-    mtl = ndimage.gaussian_filter(ellipsoid_mask(grid.SPM_SHAPE, grid.SPM_AFFINE).astype(np.float32), 2.0)
+    mtl = _simulator_mtl_weight()
     rng = np.random.default_rng(seed)
     maps = np.empty((n, *grid.SPM_SHAPE), np.float32)
     for i, s in enumerate(subjects):
         coarse = ndimage.gaussian_filter(rng.standard_normal((31, 37, 31)).astype(np.float32), 1.5)
         field = ndimage.zoom(coarse / coarse.std(), 4, order=1)[: grid.SPM_SHAPE[0], : grid.SPM_SHAPE[1],
                                                                  : grid.SPM_SHAPE[2]]
-        loss = np.clip(s.mtl_gm_loss * mtl + s.global_gm_loss, 0, 0.9)
+        loss = np.clip((s.mtl_gm_loss + s.mtl_age_loss) * mtl + s.global_gm_loss, 0, 0.9)
         maps[i] = gm * (1 + 0.08 * field) * (1 - loss) * s.head_scale**3
     rows = pd.DataFrame({"participant_id": [s.participant_id for s in subjects], "site": [s.site for s in subjects],
                          "diagnosis": [s.diagnosis for s in subjects], "age": [s.age for s in subjects],
@@ -177,14 +194,17 @@ def _cohort_maps(n: int, n_sites: int, seed: int):
     return maps, rows
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known failure, not yet understood: on this 48-subject cohort the leave-sites-out pooled AUC was 0.39 "
-           "(absolute volumes) and 0.45 (percent of total GM), the inner CV choosing C = 1e-4..1e-2, although the "
-           "AD participants' hippocampal volumes are visibly lower; strict, so it fails once it passes",
-)
 def test_ad_baseline_beats_chance_leaving_sites_out(aal) -> None:
-    maps, rows = _cohort_maps(48, 6, seed=5)
+    """AD vs CN on 48 participants at 6 sites, 3 leave-sites-out folds.
+
+    Measured (seed 2): pooled AUC 0.924, balanced accuracy 0.812, per-fold AUCs 0.91, 1.0, 0.91, the inner
+    CV choosing C = 1e-4 in every fold. Without balanced class weights the same folds gave a pooled AUC of
+    0.626 and a balanced accuracy of 0.5: at strong penalties the logit is nearly the intercept, which
+    follows each fold's training prevalence, so every test participant got the majority class and the
+    pooled ranking followed the folds' prevalences instead of the participants. Other seeds (1, 3, 4, 5):
+    pooled AUC 0.91, 0.74, 0.94, 0.90.
+    """
+    maps, rows = _cohort_maps(48, 6, seed=2)
     vols = region_volumes(maps, aal.labels, aal.n_regions)
     task = REGIONAL_TASKS["ad"]
     ok = rows["diagnosis"].isin(["AD", "CN"]).to_numpy()
@@ -194,7 +214,18 @@ def test_ad_baseline_beats_chance_leaving_sites_out(aal) -> None:
     assert ok.all() and res.pooled["n"] == 48
     why = f"{res.pooled}\n{res.fold_table.to_string()}"
     assert res.pooled["roc_auc"] >= 0.85, why
-    assert res.pooled["balanced_accuracy"] >= 0.75, res.pooled
+    assert res.pooled["balanced_accuracy"] >= 0.75, why
+    # pooling the folds must not lose what each fold ranks (their intercepts do not follow prevalence)
+    assert (res.fold_table["roc_auc"] > 0.8).all(), why
+    assert res.pooled["roc_auc"] >= res.fold_table["roc_auc"].min() - 0.05, why
+    # encoding: class 1 is AD in y, in scikit-learn's classes_ and in the logit; lower hippocampi push towards AD
+    hippocampus = [k for k, name in enumerate(aal.names) if name.startswith("Hippocampus_")]
+    assert len(hippocampus) == 2
+    for fit in res.fits:
+        assert list(fit.pipeline.classes_) == [0, 1]
+        assert (fit.pipeline[-1].coef_[0, hippocampus] < 0).all()
+    scores = res.predictions.groupby("label")["score"].mean()
+    assert scores["AD"] > scores["CN"]
     # every fold tested on sites it never saw
     for k, test_sites in enumerate(res.fold_table["test_sites"]):
         assert not set(test_sites.split(";")) & set(rows["site"][folds != k])

@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nprocs", type=positive_int, default=1, help="worker processes (default 1)")
     p.add_argument("--maps-only", action="store_true",
                    help="write only the ground-truth GM maps and participants.tsv, no T1w (for training)")
+    p.add_argument("--t1w-mni", action="store_true",
+                   help="also write each visit's true T1w affinely registered to MNI152 at 1 mm, skull-stripped "
+                   "(ground truth of input kind t1w_mni1mm, for training the sfcn family)")
     p.add_argument("--mci-fraction", type=_fraction, default=0.0, metavar="F",
                    help="share of MCI participants, atrophy between CN and AD (default 0: CN and AD only)")
     p.add_argument("--pmci-fraction", type=_fraction, default=0.5, metavar="F",
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = simulate_dataset(args.out, participants=args.n_participants, sites=args.sites, seed=args.seed,
                            nprocs=args.nprocs, progress=True, maps_only=args.maps_only,
-                           mci_fraction=args.mci_fraction, pmci_fraction=args.pmci_fraction, sessions=args.sessions)
+                           mci_fraction=args.mci_fraction, pmci_fraction=args.pmci_fraction, sessions=args.sessions,
+                           t1w_mni=args.t1w_mni)
     print(f"synthetic BIDS dataset: {out}\nground truth: {out / 'derivatives' / 'ground-truth'}")
     return 0

@@ -70,7 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allocations", type=positive_int, default=10000, help="random site allocations tried for balance")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of training participants for best-epoch choice")
-    p.add_argument("--width", type=positive_float, default=None, help="channel width factor of the networks (1)")
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="channel width factor of the networks (1): cnn and brainimagenet widths, "
+                   "the liu_mox and sfcn channel counts scaled; not used by regional")
     p.add_argument("--blocks", type=_blocks, default=None, help="block35,block17,block8 repeats (default 5,10,5)")
     p.add_argument("--ad-architecture", choices=AD_ARCHITECTURES, default="irv2_ad_optimised")
     p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, default=None, help="default sgd (or the family's)")

@@ -10,6 +10,7 @@ from .simulate import (
     simulate_dataset,
     subject_at,
     truth_paths,
+    truth_t1w_mni_path,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "simulate_dataset",
     "subject_at",
     "truth_paths",
+    "truth_t1w_mni_path",
 ]

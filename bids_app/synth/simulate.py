@@ -60,9 +60,9 @@ from scipy import ndimage
 
 from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import atomic_path, write_json, write_text
-from ..derivatives import BIDS_VERSION, SPACE, write_map
+from ..derivatives import BIDS_VERSION, SPACE, T1W_MNI_DEFAULT_SPACE, write_map, write_t1w_mni
 from ..errors import OutputError, UsageError
-from ..grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
+from ..grid import MNI1MM_AFFINE, MNI1MM_SHAPE, SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
 from .anatomy import TEMPLATE_NAME, TemplateAnatomy, template_anatomy
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "simulate_dataset",
     "subject_at",
     "truth_paths",
+    "truth_t1w_mni_path",
 ]
 
 _log = logging.getLogger("bids_app.synth")
@@ -489,13 +490,19 @@ def truth_paths(out: Path, participant_id: str, session_id: str | None = None) -
     }
 
 
+def truth_t1w_mni_path(out: Path, participant_id: str, session_id: str | None = None) -> Path:
+    """Where ``simulate --t1w-mni`` writes the true T1w in MNI space (beside the GM maps, as the app names it)."""
+    folder, p = _unit(participant_id, session_id)
+    return Path(out) / TRUTH_DIR / folder / "anat" / f"{p}_space-{T1W_MNI_DEFAULT_SPACE}_res-1_desc-preproc_T1w.nii.gz"
+
+
 def _save_nifti(path: Path, img: nib.Nifti1Image) -> None:
     with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(img, tmp)
 
 
 def _simulate_subject(
-    out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False
+    out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False, t1w_mni: bool = False
 ) -> dict[str, Any]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index]))
     tmpl = template_anatomy()
@@ -577,6 +584,17 @@ def _simulate_subject(
             "VentricleExpansion": subj.ventricle_expansion,
         },
     )
+    if t1w_mni:
+        brain_t = (site.gm_contrast * gm_s + tmpl.wm + site.csf_contrast * csf_s).astype(np.float32)
+        write_t1w_mni(truth_t1w_mni_path(out, pid, subj.session_id), _affine_registered_t1w(brain_t, tmpl, warp), {
+            **common,
+            "Description": "True T1w in MNI152 space at 1 mm, affinely registered (the subject's head size, tilt "
+            "and position undone, its own smooth shape kept), skull-stripped (brain tissue only, 0 outside), "
+            "without bias field or noise: the site's GM / CSF contrast relative to WM = 1. What input kind "
+            "t1w_mni1mm (SFCN) reads.",
+            "SpatialReference": T1W_MNI_DEFAULT_SPACE,
+            "SkullStripped": True,
+        })
     if maps_only:
         native_gm_ml, native_shape = math.nan, "n/a"
     else:
@@ -589,6 +607,20 @@ def _simulate_subject(
         "truth_mtl_gmv_ml": round(float(gmv[mtl >= 0.5].sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
         "native_shape": native_shape,
     }
+
+
+def _affine_registered_t1w(brain_t: np.ndarray, tmpl: TemplateAnatomy, warp: _Warp) -> np.ndarray:
+    """The subject's brain T1 as an affine registration to MNI shows it, on the 1 mm MNI grid.
+
+    The subject is ``x = M (y + u(y))``; undoing the affine ``M`` leaves ``z = y + u(y)``, so the
+    image at MNI point ``z`` is the template-space tissue at ``y = z + v(z)`` (``v`` the inverse of ``u``).
+    """
+    z = _grid_points(MNI1MM_SHAPE, MNI1MM_AFFINE)
+    zc = _to_vox(warp.affine, z)
+    for k in range(3):
+        z[k] += _interp(warp.v[k], zc)
+    del zc
+    return _interp(brain_t, _to_vox(tmpl.affine, z)).reshape(MNI1MM_SHAPE).astype(np.float32)
 
 
 def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: TemplateAnatomy, warp: _Warp, m: np.ndarray,
@@ -761,6 +793,7 @@ def simulate_dataset(
     mci_fraction: float = 0.0,
     pmci_fraction: float = 0.5,
     sessions: int | None = None,
+    t1w_mni: bool = False,
 ) -> Path:
     """Write a synthetic BIDS dataset with ground truth to ``out`` and return ``out``.
 
@@ -779,6 +812,9 @@ def simulate_dataset(
     sessions : None for a cross-sectional dataset without session folders; else the number of
         visits, ``ses-M00``, ``ses-M12``, ... (12 months apart) per participant, with
         ``sub-*/sub-*_sessions.tsv`` (age, diagnosis, MMSE per session).
+    t1w_mni : also write the true T1w affinely registered to MNI152 at 1 mm, skull-stripped
+        (``*_space-MNI152NLin2009aSym_res-1_desc-preproc_T1w.nii.gz`` beside the GM maps: the input of
+        the SFCN family); off by default (about 30 MB a visit uncompressed, seconds to make).
     """
     if participants < 1:
         raise UsageError(f"the number of participants (--n-participants) must be >= 1, got {participants}")
@@ -804,7 +840,7 @@ def simulate_dataset(
     visits = {s.participant_id: [s] if sessions is None else [subject_at(s, m) for m in session_months(sessions)]
               for s in subjects}
 
-    jobs = [(out, by_site[s.site], v, seed, maps_only) for s in subjects for v in visits[s.participant_id]]
+    jobs = [(out, by_site[s.site], v, seed, maps_only, t1w_mni) for s in subjects for v in visits[s.participant_id]]
     if nprocs > 1:
         with ProcessPoolExecutor(max_workers=nprocs) as pool:
             futures = [pool.submit(_simulate_subject, *j) for j in jobs]
@@ -841,6 +877,8 @@ def simulate_dataset(
            if sessions is not None else "")
         + "Ground truth: derivatives/ground-truth/. "
         + ("Maps only: no T1w images were written (training data for the true maps). " if maps_only else "")
+        + ("The truth includes each visit's T1w affinely registered to MNI152 at 1 mm, skull-stripped, without "
+           "bias or noise (space-MNI152NLin2009aSym_res-1_desc-preproc_T1w). " if t1w_mni else "")
         + "No real person's data; "
         + RESEARCH_USE_NOTICE
         + "\n",

@@ -282,6 +282,10 @@ def cross_validate(
     )
 
 
+#: metrics that count participants: integers in the comparison table, without an interval
+_COUNTS = ("n", "n_positive")
+
+
 def _pooled(family: str, task: str, heads: HeadSet, fold_heads: Sequence[HeadSet], preds: pd.DataFrame,
             n_resamples: int, seed: int) -> pd.DataFrame:
     out = []
@@ -303,7 +307,8 @@ def _pooled(family: str, task: str, heads: HeadSet, fold_heads: Sequence[HeadSet
 
         ci = subsample_ci(on_subset, len(y), n_resamples=n_resamples, seed=seed)
         for m, v in vals.items():
-            lo, hi = ci.get(m, (math.nan, math.nan))
+            # counts (n, n_positive) are facts of the cohort, not estimates: no interval
+            lo, hi = (math.nan, math.nan) if m in _COUNTS else ci.get(m, (math.nan, math.nan))
             out.append({"family": family, "task": task, "head": h.name, "metric": m, "value": v,
                         "ci_low": lo, "ci_high": hi, "n": len(y)})
     return pd.DataFrame(out, columns=["family", "task", "head", "metric", "value", "ci_low", "ci_high", "n"])
@@ -393,6 +398,8 @@ def _save(result: FamilyResult, card: dict[str, Any], out: Path, dtype: torch.dt
         result.package_note = "no package: the fitter returned no weights for some folds"
         return
     dest = out / "models" / f"{result.family}_{result.task}"
+    if result.family == "regional":  # its float64 means and scales: half precision would lose three digits
+        dtype = torch.float32
     try:
         states = [rebase_regression_outputs(s, hk, result.heads) for s, hk in zip(states, result.fold_heads)]
         result.package = save_package(dest, card, states, dtype=dtype)
@@ -495,6 +502,8 @@ def train_families(
         optim = cfg.optim_for(preset, task)
         arch = preset.architecture_for(task)
         if preset.family == "regional":
+            # the card's params rebuild the module alone: region count and name of the atlas, normalisation
+            params = importlib.import_module("bids_app.train.regional").architecture_params(heads)
             fitter = regional_fitter(rows, y, params)
         else:
             if preset.input_kind not in inputs:
@@ -513,7 +522,7 @@ def train_families(
                             val_fraction=cfg.val_fraction, seed=cfg.seed, source=preset.source)
         _save(res, card, out, dtype)
         results.append(res)
-    write_comparison(out, results)
+    write_comparison(out, results, n_resamples=cfg.n_resamples)
     return results
 
 
@@ -530,7 +539,7 @@ def _tsv(path: Path, table: pd.DataFrame, written: list[Path]) -> None:
     written.append(path)
 
 
-def write_comparison(out: Path, results: Sequence[FamilyResult]) -> list[Path]:
+def write_comparison(out: Path, results: Sequence[FamilyResult], *, n_resamples: int = 1000) -> list[Path]:
     """Per-family tables, the family x metric comparison (with intervals) and learning curves per task.
 
     Files under ``out/report``: ``{family}_{task}_{folds,pooled,predictions,history}.tsv``,
@@ -559,14 +568,18 @@ def write_comparison(out: Path, results: Sequence[FamilyResult]) -> list[Path]:
                                    "n": int(r.pooled["n"].max()) if not r.pooled.empty else 0}
             for p in r.pooled.itertuples():
                 key = p.metric if len(r.heads) == 1 else f"{p.head} {p.metric}"
-                row[key] = _fmt(float(p.value), float(p.ci_low), float(p.ci_high))
+                if p.metric == "n":
+                    continue  # the family's n above (the largest head's)
+                row[key] = (int(p.value) if p.metric in _COUNTS and math.isfinite(float(p.value))
+                            else _fmt(float(p.value), float(p.ci_low), float(p.ci_high)))
             row["package"] = str(r.package) if r.package is not None else (r.package_note or "n/a")
             wide_rows.append(row)
         wide = pd.DataFrame(wide_rows)
         _tsv(rep / f"{task}_comparison_wide.tsv", wide, written)
         md = rep / f"{task}_comparison.md"
         lines = [f"# {task}: leave-sites-out cross-validation, every family on the same folds", "",
-                 "Pooled out-of-fold metrics; 95% intervals from 1000 half-size subsamples (Lu et al. 2022).", "",
+                 f"Pooled out-of-fold metrics; 95% intervals from {n_resamples} half-size subsamples (Lu et al. 2022).",
+                 "",
                  "| " + " | ".join(wide.columns) + " |", "|" + "---|" * len(wide.columns)]
         lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in wide.itertuples(index=False)]
         with atomic_path(md, suffix=".md") as tmp:

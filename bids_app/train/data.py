@@ -25,7 +25,7 @@ import pandas as pd
 from ..derivatives import SPACE
 from ..errors import InputDataError, NoInputError
 from ..grid import is_on_grid, make_model_input, to_grid
-from ..labels import read_participant_labels
+from ..labels import SITE_COLUMNS, read_participant_labels
 
 __all__ = ["SITE_COLUMNS", "collect_cohort", "load_inputs", "maps_origin", "INPUT_KINDS_LOADABLE"]
 
@@ -34,8 +34,6 @@ INPUT_KINDS_LOADABLE: tuple[str, ...] = ("gm_crop2", "gm_spm1", "t1w_mni1mm")
 
 _log = logging.getLogger("bids_app.train")
 
-#: participants.tsv columns (lower-cased) that name the acquisition site, first match wins
-SITE_COLUMNS: tuple[str, ...] = ("site", "site_id", "centre", "center", "scanner", "dataset")
 _GMD_RE = re.compile(
     rf"^(?P<prefix>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_space-{SPACE}_label-GM_probseg\.nii(\.gz)?$"
 )
@@ -60,18 +58,14 @@ def collect_cohort(derivatives_dir: Path, participants_tsv: Path) -> pd.DataFram
         raise NoInputError(f"{participants_tsv}: participants table not found")
     if participants_tsv.name != "participants.tsv":
         raise InputDataError(f"{participants_tsv}: the participants table must be named participants.tsv (BIDS)")
-    labels = read_participant_labels(participants_tsv.parent).table
-    raw = pd.read_csv(participants_tsv, sep="\t", dtype=str, keep_default_na=False)
-    lower = {c.lower(): c for c in raw.columns}
-    site_col = next((lower[c] for c in SITE_COLUMNS if c in lower), None)
+    labels = read_participant_labels(participants_tsv.parent)
+    site_col = labels.columns.get("site")
     if site_col is None:
         raise InputDataError(
             f"{participants_tsv}: no site column (looked for {', '.join(SITE_COLUMNS)}); "
             "leave-sites-out cross-validation needs the acquisition site of every participant"
         )
-    ids = raw["participant_id"].str.strip()
-    ids = ids.where(ids.str.startswith("sub-"), "sub-" + ids)
-    sites = dict(zip(ids, raw[site_col].str.strip()))
+    sites = labels.table["site"]
 
     rows = []
     for gmd in sorted(derivatives_dir.glob(f"sub-*/**/*_space-{SPACE}_label-GM_probseg.nii*")):
@@ -85,93 +79,35 @@ def collect_cohort(derivatives_dir: Path, participants_tsv: Path) -> pd.DataFram
             _log.warning("%s has no modulated (GMV) partner %s; skipped", gmd, gmv.name)
             continue
         pid = prefix.split("_")[0]
-        if pid not in sites:
+        if pid not in sites.index:
             _log.warning("%s: participant %s is not in %s; skipped", gmd, pid, participants_tsv)
             continue
-        site = sites[pid]
-        if site in ("", "n/a"):
+        site = sites.loc[pid]
+        if pd.isna(site):
             raise InputDataError(f"{participants_tsv}: participant {pid} has no site (column {site_col!r})")
-        rows.append(
-            {
-                "participant_id": pid,
-                "prefix": prefix,
-                "gmd": gmd,
-                "gmv": gmv,
-                "sex": labels.loc[pid, "sex"] if pid in labels.index else pd.NA,
-                "diagnosis": labels.loc[pid, "diagnosis"] if pid in labels.index else pd.NA,
-                "site": site,
-            }
-        )
+        session = next((e for e in prefix.split("_")[1:] if e.startswith("ses-")), None)
+        rows.append({"participant_id": pid, "prefix": prefix, "gmd": gmd, "gmv": gmv, "session_id": session,
+                     "site": str(site)})
     if not rows:
         raise NoInputError(
             f"{derivatives_dir}: no GM map pairs named *_space-{SPACE}_label-GM_probseg.nii.gz and "
             f"*_space-{SPACE}_label-GM_desc-modulated_probseg.nii.gz for participants in {participants_tsv}"
         )
     table = pd.DataFrame(rows)
-    return _with_extra_labels(table, participants_tsv.parent)
+    # the participant's labels, a session's own values (sessions.tsv) overriding them for that session
+    found = labels.lookup(table["participant_id"], table.pop("session_id"))
+    table = table.assign(sex=found["sex"].astype("string").to_numpy(),
+                         diagnosis=found["diagnosis"].astype("string").to_numpy(),
+                         age=found["age"].astype(float).to_numpy(),
+                         mci_progression=found["mci_progression"].astype("string").to_numpy())
+    table = table[["participant_id", "prefix", "gmd", "gmv", "sex", "diagnosis", "site", "age", "mci_progression"]]
+    return table.assign(t1w_mni=[_t1w_mni_next_to(Path(r.gmd), str(r.prefix)) for r in table.itertuples(index=False)])
 
 
-_PROGRESSION = {"pmci": "pMCI", "smci": "sMCI", "progressive": "pMCI", "stable": "sMCI"}
-
-
-def _read_tsv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputDataError(f"{path}: cannot be read as a tab-separated table ({exc})") from exc
-
-
-def _with_extra_labels(table: pd.DataFrame, bids_root: Path) -> pd.DataFrame:
-    """SEAM: age and MCI progression (participants.tsv, overridden per session by sessions.tsv).
-
-    The lead points this at :mod:`bids_app.labels` once it reads ``age``, ``mci_progression`` and
-    sessions.tsv (the issue-15 contract: one table keyed by participant_id + session_id).
-    """
-    def age_of(v: str) -> float:
-        try:
-            return float(v)
-        except (TypeError, ValueError):
-            return float("nan")
-
-    def prog_of(v: str) -> Any:
-        return _PROGRESSION.get(str(v).strip().lower(), pd.NA)
-
-    from ..labels import parse_diagnosis
-
-    raw = _read_tsv(bids_root / "participants.tsv")
-    raw["participant_id"] = raw["participant_id"].str.strip().map(lambda p: p if p.startswith("sub-") else f"sub-{p}")
-    base = raw.set_index("participant_id")
-    ages = base["age"].map(age_of).to_dict() if "age" in base else {}
-    progs = base["mci_progression"].map(prog_of).to_dict() if "mci_progression" in base else {}
-    table = table.assign(age=[ages.get(p, np.nan) for p in table["participant_id"]],
-                         mci_progression=pd.array([progs.get(p, pd.NA) for p in table["participant_id"]],
-                                                  dtype="string"),
-                         diagnosis=table["diagnosis"].astype("string"))
-    sessions: dict[str, pd.DataFrame] = {}
-    for i, r in enumerate(table.itertuples(index=False)):
-        ses = next((e[4:] for e in str(r.prefix).split("_") if e.startswith("ses-")), None)
-        if ses is None:
-            continue
-        pid = str(r.participant_id)
-        if pid not in sessions:
-            path = bids_root / pid / f"{pid}_sessions.tsv"
-            sessions[pid] = _read_tsv(path).set_index("session_id") if path.is_file() else pd.DataFrame()
-        st = sessions[pid]
-        key = f"ses-{ses}"
-        if st.empty or key not in st.index:
-            continue
-        row = st.loc[key]
-        if "age" in st.columns and np.isfinite(age_of(row["age"])):
-            table.loc[table.index[i], "age"] = age_of(row["age"])
-        if "diagnosis" in st.columns and parse_diagnosis(row["diagnosis"]) is not None:
-            table.loc[table.index[i], "diagnosis"] = parse_diagnosis(row["diagnosis"])
-        if "mci_progression" in st.columns and not pd.isna(prog_of(row["mci_progression"])):
-            table.loc[table.index[i], "mci_progression"] = prog_of(row["mci_progression"])
-    t1 = []
-    for r in table.itertuples(index=False):
-        found = sorted(Path(r.gmd).parent.glob(f"{r.prefix}_space-MNI152*_desc-preproc_T1w.nii*"))
-        t1.append(found[0] if found else pd.NA)
-    return table.assign(t1w_mni=t1)
+def _t1w_mni_next_to(gmd: Path, prefix: str) -> Any:
+    """The registered 1 mm MNI T1w beside a GMD map (``<prefix>_space-MNI152*_desc-preproc_T1w``), or NA."""
+    found = sorted(gmd.parent.glob(f"{prefix}_space-MNI152*_desc-preproc_T1w.nii*"))
+    return found[0] if found else pd.NA
 
 
 def _read_map(path: Path) -> np.ndarray:

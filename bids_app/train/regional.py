@@ -14,7 +14,14 @@ Pipeline of one task:
 2. per outer fold: ``StandardScaler`` + ``LogisticRegression`` (binary; multinomial for more
    classes) or ``Ridge`` (regression), the L2 strength chosen by an inner cross-validation on the
    training folds only (whole sites per inner fold when the training folds hold three or more sites,
-   otherwise whole participants), refitted on all training folds;
+   otherwise whole participants), refitted on all training folds. The classifiers weight the classes
+   to equal total weight (``class_weight="balanced"``): leave-sites-out training folds differ a lot in
+   prevalence, and at the strong penalties the inner CV often chooses on small cohorts the logit is
+   nearly the intercept, which without weights is the training prevalence's logit. That made every
+   test participant the training majority class (balanced accuracy 0.5) and the pooled AUC follow the
+   folds' prevalences rather than the participants (0.63 pooled from per-fold AUCs of 0.91-1.0, in
+   ``tests/test_train_regional.py``). With the weights, probabilities are those of equal priors and the
+   0.5 threshold is the balanced-accuracy one;
 3. the fitted numbers copied into a ``RegionalLinear`` per fold (its outputs equal scikit-learn's
    ``decision_function`` / standardised ``predict``, checked by the tests);
 4. out-of-fold metrics: AUC and balanced accuracy (binary), macro and per-class AUC, balanced
@@ -70,6 +77,9 @@ __all__ = [
     "cv_regional",
     "make_card",
     "train_regional",
+    "architecture_params",
+    "fit_predict",
+    "task_for_head",
 ]
 
 _log = logging.getLogger("bids_app.train")
@@ -250,7 +260,7 @@ def _fit(volumes: np.ndarray, y: np.ndarray, task: RegionalTask, sites: Sequence
         if present != list(range(want)):
             missing = [task.labels[i] for i in range(want) if i not in present]
             raise InputDataError(f"{task.name}: the training data hold no {', '.join(missing)} participants")
-        est = LogisticRegression(max_iter=5000, random_state=seed)
+        est = LogisticRegression(max_iter=5000, random_state=seed, class_weight="balanced")
         name, grid_values, scoring = "C", C_GRID, "neg_log_loss"
     splits, how = _inner_splits(target if task.kind != "regression" else np.zeros(len(x)),
                                 np.asarray(sites, dtype=object), np.asarray(participant_ids, dtype=object), task.kind)
@@ -469,6 +479,7 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
                     + (", as percent of their total" if task.normalise == "total_gm" else " (absolute)")
                     + ", standardised (StandardScaler on the training folds)",
         "penalty": "l2",
+        **({} if task.kind == "regression" else {"class_weight": "balanced (probabilities of equal class priors)"}),
         "grid": {fits[0].penalty_name: list(ALPHA_GRID if task.kind == "regression" else C_GRID)},
         "scoring": "neg_mean_absolute_error" if task.kind == "regression" else "neg_log_loss",
         "chosen": [{"fold": k, fits[k].penalty_name: fits[k].penalty, "inner_cv": fits[k].inner_cv}
@@ -504,18 +515,6 @@ def make_card(result: RegionalResult, atlas: RegionalAtlas, *, origin: str, synt
         "provenance": {"atlas": atlas.provenance,
                        "folds": "one fitted model per leave-sites-out fold; the app averages their outputs"},
     }
-
-
-def _extra_targets(participants_tsv: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Add ``age`` and ``mci_progression`` from participants.tsv (not read by :func:`collect_cohort`)."""
-    raw = pd.read_csv(participants_tsv, sep="\t", dtype=str, keep_default_na=False)
-    ids = raw["participant_id"].str.strip()
-    ids = ids.where(ids.str.startswith("sub-"), "sub-" + ids)
-    for col in ("age", "mci_progression"):
-        if col in raw.columns and col not in rows.columns:
-            values = dict(zip(ids, raw[col].str.strip().replace({"n/a": pd.NA, "": pd.NA})))
-            rows = rows.assign(**{col: rows["participant_id"].map(values)})
-    return rows
 
 
 def _read_gmv(path: Path) -> np.ndarray:
@@ -554,7 +553,7 @@ def train_regional(
     if unknown:
         raise UsageError(f"regional baseline tasks must be among {', '.join(REGIONAL_TASKS)}; got {unknown}")
     out = Path(out)
-    rows = _extra_targets(Path(participants_tsv), collect_cohort(derivatives_dir, participants_tsv))
+    rows = collect_cohort(derivatives_dir, participants_tsv)  # labels incl. age, progression (bids_app.labels)
     auto_origin, auto_synth = maps_origin(Path(derivatives_dir))
     origin = origin or auto_origin
     synthetic = auto_synth if synthetic is None else synthetic
@@ -603,8 +602,24 @@ def task_for_head(head: Any) -> RegionalTask:
     known = REGIONAL_TASKS.get(head.name)
     normalise = known.normalise if known is not None else (
         "total_gm" if head.target in ("diagnosis", "mci_progression") else "none")
+    # heads carry no thresholds (the card adds them); the known task's, else 0.5 for a binary head
+    thresholds = dict(known.thresholds) if known is not None else ({"default": 0.5} if head.kind == "binary" else {})
     return RegionalTask(head.name, head.kind, head.target, tuple(head.labels), unit=head.unit or "",
-                        thresholds=dict(head.thresholds), normalise=normalise)
+                        thresholds=thresholds, normalise=normalise)
+
+
+def architecture_params(heads: Any) -> dict[str, Any]:
+    """The ``regional_linear`` params of a family run's card (``heads``: its one-head HeadSet).
+
+    What :class:`RegionalLinear` needs to be rebuilt from the card alone (``save_package`` and the
+    loader do): the atlas's region count and name, the outputs, and the features' normalisation.
+    """
+    if len(heads) != 1:
+        raise UsageError("the regional baseline predicts one target per task; multi-task heads need a network family")
+    task = task_for_head(heads.heads[0])
+    atlas = regional_atlas()
+    return {"n_regions": atlas.n_regions, "n_outputs": len(task.labels) if task.kind == "multiclass" else 1,
+            "atlas": atlas.name, "normalise": task.normalise}
 
 
 def _volumes_of(rows: pd.DataFrame, atlas: RegionalAtlas) -> np.ndarray:
