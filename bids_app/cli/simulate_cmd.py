@@ -45,6 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sessions", type=positive_int, default=None, metavar="K",
                    help="K longitudinal visits per participant, ses-M00, ses-M12, ... 12 months apart, with "
                    "sub-*/sub-*_sessions.tsv (default: one scan, no session folders)")
+    p.add_argument("--t1w-mni", action="store_true",
+                   help="also write the true skull-stripped T1w in MNI space (1 mm) to the ground truth: the "
+                   "input of the sfcn family, so it can train on --maps-only cohorts")
     p.set_defaults(func=run)
 
 
@@ -53,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = simulate_dataset(args.out, participants=args.n_participants, sites=args.sites, seed=args.seed,
                            nprocs=args.nprocs, progress=True, maps_only=args.maps_only,
-                           mci_fraction=args.mci_fraction, pmci_fraction=args.pmci_fraction, sessions=args.sessions)
+                           mci_fraction=args.mci_fraction, pmci_fraction=args.pmci_fraction, sessions=args.sessions,
+                           t1w_mni=args.t1w_mni)
     print(f"synthetic BIDS dataset: {out}\nground truth: {out / 'derivatives' / 'ground-truth'}")
     return 0

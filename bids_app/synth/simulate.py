@@ -62,7 +62,7 @@ from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import atomic_path, write_json, write_text
 from ..derivatives import BIDS_VERSION, SPACE, write_map
 from ..errors import OutputError, UsageError
-from ..grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
+from ..grid import MNI1MM_AFFINE, MNI1MM_SHAPE, SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
 from .anatomy import TEMPLATE_NAME, TemplateAnatomy, template_anatomy
 
 __all__ = [
@@ -486,6 +486,7 @@ def truth_paths(out: Path, participant_id: str, session_id: str | None = None) -
         "gmv": d / f"{p}_space-{SPACE}_label-GM_desc-modulated_probseg.nii.gz",
         "atrophy_mask": d / f"{p}_space-{SPACE}_desc-atrophy_mask.nii.gz",
         "warp": d / f"{p}_from-{TEMPLATE_NAME}_to-T1w_mode-points_xfm.nii.gz",
+        "t1w_mni": d / f"{p}_space-{TEMPLATE_NAME}_res-1_desc-preproc_T1w.nii.gz",
     }
 
 
@@ -495,7 +496,7 @@ def _save_nifti(path: Path, img: nib.Nifti1Image) -> None:
 
 
 def _simulate_subject(
-    out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False
+    out: Path, site: SiteParams, subj: SubjectParams, seed: int, maps_only: bool = False, t1w_mni: bool = False
 ) -> dict[str, Any]:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B7, subj.index]))
     tmpl = template_anatomy()
@@ -577,6 +578,8 @@ def _simulate_subject(
             "VentricleExpansion": subj.ventricle_expansion,
         },
     )
+    if t1w_mni:
+        _write_t1w_mni(paths["t1w_mni"], site, tmpl, gm_s, csf_s, common)
     if maps_only:
         native_gm_ml, native_shape = math.nan, "n/a"
     else:
@@ -589,6 +592,32 @@ def _simulate_subject(
         "truth_mtl_gmv_ml": round(float(gmv[mtl >= 0.5].sum() * SPM_VOXEL_VOLUME_MM3 / 1000.0), 3),
         "native_shape": native_shape,
     }
+
+
+def _write_t1w_mni(path: Path, site: SiteParams, tmpl: TemplateAnatomy, gm_s: np.ndarray, csf_s: np.ndarray,
+                   common: dict[str, Any]) -> None:
+    """The subject's skull-stripped T1w in template space on the 1 mm MNI grid (SFCN's ``t1w_mni1mm``).
+
+    Why: SFCN reads the T1w registered to MNI; a ground truth of it lets the SFCN family train on
+    maps-only cohorts (no T1w, no preprocessing). It is the brain part of the intensity image the
+    native T1w is sampled from (site contrasts, no head, no bias, no noise), so it is what a perfect
+    registration and bias correction would give; the ANTs backend's T1w differs by its affine-only
+    registration, N4 and noise (``docs/demo_models.md`` measures that shift).
+    """
+    brain = (site.gm_contrast * gm_s + tmpl.wm + site.csf_contrast * csf_s).astype(np.float32)
+    brain[(tmpl.gm + tmpl.wm + tmpl.csf) < 0.5] = 0.0
+    vol = _sample(brain, tmpl.affine, _grid_points(MNI1MM_SHAPE, MNI1MM_AFFINE)).reshape(MNI1MM_SHAPE)
+    img = nib.Nifti1Image(np.round(np.clip(vol, 0, None) * 1000).astype(np.int16), MNI1MM_AFFINE)
+    img.header.set_slope_inter(1e-3, 0.0)
+    img.header.set_xyzt_units("mm")
+    img.header.set_qform(MNI1MM_AFFINE, code=4)
+    img.header.set_sform(MNI1MM_AFFINE, code=4)
+    _save_nifti(path, img)
+    write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
+        **common, "SkullStripped": True,
+        "Description": "True skull-stripped T1w in template space (1 mm MNI grid 182 x 218 x 182): the brain "
+                       "intensities this subject's T1w was sampled from, before the placement, bias and noise.",
+    })
 
 
 def _write_native(out: Path, site: SiteParams, subj: SubjectParams, tmpl: TemplateAnatomy, warp: _Warp, m: np.ndarray,
@@ -761,6 +790,7 @@ def simulate_dataset(
     mci_fraction: float = 0.0,
     pmci_fraction: float = 0.5,
     sessions: int | None = None,
+    t1w_mni: bool = False,
 ) -> Path:
     """Write a synthetic BIDS dataset with ground truth to ``out`` and return ``out``.
 
@@ -779,6 +809,8 @@ def simulate_dataset(
     sessions : None for a cross-sectional dataset without session folders; else the number of
         visits, ``ses-M00``, ``ses-M12``, ... (12 months apart) per participant, with
         ``sub-*/sub-*_sessions.tsv`` (age, diagnosis, MMSE per session).
+    t1w_mni : also write the true skull-stripped T1w in MNI space (1 mm) to the ground truth, the
+        SFCN family's input (``..._space-MNI152NLin2009aSym_res-1_desc-preproc_T1w.nii.gz``).
     """
     if participants < 1:
         raise UsageError(f"the number of participants (--n-participants) must be >= 1, got {participants}")
@@ -804,7 +836,7 @@ def simulate_dataset(
     visits = {s.participant_id: [s] if sessions is None else [subject_at(s, m) for m in session_months(sessions)]
               for s in subjects}
 
-    jobs = [(out, by_site[s.site], v, seed, maps_only) for s in subjects for v in visits[s.participant_id]]
+    jobs = [(out, by_site[s.site], v, seed, maps_only, t1w_mni) for s in subjects for v in visits[s.participant_id]]
     if nprocs > 1:
         with ProcessPoolExecutor(max_workers=nprocs) as pool:
             futures = [pool.submit(_simulate_subject, *j) for j in jobs]

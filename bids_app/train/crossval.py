@@ -173,6 +173,16 @@ def regional_fitter(rows: pd.DataFrame, y: np.ndarray, params: Mapping[str, Any]
     return fit
 
 
+def _regional_params(heads: HeadSet) -> dict[str, Any]:
+    """The ``regional_linear`` architecture params of the baseline's package (what its card needs to
+    rebuild the module the fitter's state dicts fill: region count from the atlas, the task's normalisation)."""
+    regional = importlib.import_module("bids_app.train.regional")
+    atlas = regional.regional_atlas()
+    task = regional.task_for_head(heads.heads[0])
+    return {"n_regions": int(atlas.n_regions), "n_outputs": int(heads.n_outputs), "atlas": atlas.name,
+            "normalise": task.normalise}
+
+
 def _registry_available(family: str) -> None:
     try:
         importlib.import_module("bids_app.models.architectures")
@@ -496,6 +506,7 @@ def train_families(
         arch = preset.architecture_for(task)
         if preset.family == "regional":
             fitter = regional_fitter(rows, y, params)
+            params = _regional_params(heads)
         else:
             if preset.input_kind not in inputs:
                 inputs[preset.input_kind] = load_inputs(rows, kind=preset.input_kind, progress=progress)

@@ -129,12 +129,36 @@ def network_params(preset: FamilyPreset, n_outputs: int, *, width: float | None 
             )
     else:
         params["n_outputs"] = int(n_outputs)
-    if width is not None:
-        if "width" not in params and preset.family != "brainimagenet":
+    if width is not None and preset.family != "regional":  # the baseline has no channels to scale
+        if "width" in params or preset.family == "brainimagenet":
+            params["width"] = float(width)
+        elif preset.family in _CHANNEL_DEFAULTS:
+            # architectures without a width parameter: their channel (and hidden) counts scaled, as CNN's width
+            # scales its filters (rounded, at least 1); the card records the counts themselves
+            for key, default in _CHANNEL_DEFAULTS[preset.family]().items():
+                params[key] = [max(1, int(round(c * float(width)))) for c in params.get(key, default)]
+        else:
             raise UsageError(f"--width does not apply to the {preset.family} family")
-        params["width"] = float(width)
     params.update(extra or {})
     return params
+
+
+def _liu_defaults() -> dict[str, tuple[int, ...]]:
+    from ..models.liu import LIU_CHANNELS, LIU_HIDDEN
+
+    return {"channels": LIU_CHANNELS, "hidden": LIU_HIDDEN}
+
+
+def _sfcn_defaults() -> dict[str, tuple[int, ...]]:
+    from ..models.sfcn import SFCN_CHANNELS
+
+    return {"channels": SFCN_CHANNELS}
+
+
+#: family -> its architecture's channel-count parameters at width 1 (what ``--width`` scales there)
+_CHANNEL_DEFAULTS: dict[str, Callable[[], dict[str, tuple[int, ...]]]] = {
+    "liu_mox": _liu_defaults, "sfcn": _sfcn_defaults,
+}
 
 
 def input_card(kind: str, channels: tuple[str, ...] = ("GMV",), mask: str = "none") -> dict[str, Any]:

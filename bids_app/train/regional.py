@@ -604,7 +604,8 @@ def task_for_head(head: Any) -> RegionalTask:
     normalise = known.normalise if known is not None else (
         "total_gm" if head.target in ("diagnosis", "mci_progression") else "none")
     return RegionalTask(head.name, head.kind, head.target, tuple(head.labels), unit=head.unit or "",
-                        thresholds=dict(head.thresholds), normalise=normalise)
+                        thresholds=dict(getattr(head, "thresholds", None) or (known.thresholds if known else {})),
+                        normalise=normalise)
 
 
 def _volumes_of(rows: pd.DataFrame, atlas: RegionalAtlas) -> np.ndarray:
