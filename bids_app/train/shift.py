@@ -85,7 +85,8 @@ class ShiftModel:
         shifts = {k: {"scale": s.scale, "sigma": s.sigma, "explained": {str(a): b for a, b in s.explained.items()}}
                   for k, s in self.shifts.items()}
         meta = {"participants": self.participants, "figures": self.figures, "shifts": shifts}
-        np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+        arrays["meta"] = np.array(json.dumps(meta))
+        np.savez_compressed(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types the kwargs as bool
         return Path(path)
 
     @classmethod
