@@ -50,6 +50,7 @@ __all__ = [
     "RunSummary",
     "check_paths",
     "check_input_kinds",
+    "demo_packages_for",
     "package_input_kind",
     "default_work_dir",
     "exit_code_for",
@@ -169,6 +170,23 @@ def package_input_kind(package: Any) -> str:
 
     card = getattr(package, "card", None) or {}
     return input_kind(card.get("input", {}))
+
+
+def demo_packages_for(packages: Sequence[Any], backend: PreprocBackend) -> list[Any]:
+    """``--models demo``: the bundled demo packages whose input ``backend`` can make.
+
+    The demo bundle holds one package per family, among them SFCN, which reads the T1w in MNI space;
+    a ``--preproc derivatives`` folder of GM maps alone cannot feed it. For the bundle (not for a
+    user's ``--models DIR``, where every package is asked for and a missing input is refused by
+    :func:`check_input_kinds`) the others run and the left-out ones are named in the log.
+    """
+    provides = backend_provides(backend)
+    kept = [p for p in packages if package_input_kind(p) in provides]
+    for p in packages:
+        if p not in kept:
+            _log.warning("demo model %s left out: it reads input kind %r, which the %r backend cannot make here",
+                         getattr(p, "name", "?"), package_input_kind(p), backend.name)
+    return kept or list(packages)  # none usable: check_input_kinds explains
 
 
 def check_input_kinds(packages: Sequence[Any], backend: PreprocBackend) -> None:
@@ -480,6 +498,8 @@ def _run_participant_level(
                           prefer_threads=backend_name == "derivatives")
     backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
                           dartel_template=dartel_template, outputs=outputs)
+    if Path(models_dir) == DEMO_MODELS:
+        packages = demo_packages_for(packages, backend)
     check_input_kinds(packages, backend)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())
     for warning in check_output_dataset(output_dir, bids_dir):

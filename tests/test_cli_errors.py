@@ -164,7 +164,9 @@ def test_demo_without_its_models_exits_70(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("bids_app.cli.demo_cmd.demo_models_dir", lambda: tmp_path / "gone")
     code, err = _run(["demo", str(tmp_path / "out")], capsys)
     assert code == EXIT_SOFTWARE
-    assert "the demo models (sex, ad) are missing" in _one_error_line(err) and "reinstall" in err
+    names = "sex, ad, cnn_ad, liu_mox_cn_mci_ad, sfcn_brain_age, regional_ad"
+    assert f"the demo models ({names}) are missing" in _one_error_line(err)
+    assert "reinstall" in err
     assert not (tmp_path / "out" / "bids").exists()
 
 

@@ -158,7 +158,7 @@ def study(docker, tmp_path_factory):
     from .conftest import tree_snapshot
 
     root = tmp_path_factory.mktemp("container")
-    bids = simulate_dataset(root / "bids", participants=3, sites=1, seed=7, nprocs=2)
+    bids = simulate_dataset(root / "bids", participants=3, sites=1, seed=7, nprocs=2, t1w_mni=True)
     os.chmod(root, 0o755)
     data = _writable(root / "data")
     out = _writable(data / "out")

@@ -44,7 +44,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shim = tmp / "vbm.py"
     shim.write_text(_SHIM)
     env = dict(os.environ, PYTHONPATH=str(ROOT), VBM=f"{sys.executable} {shim}", DEMO_PARTICIPANTS="6", DEMO_SITES="2",
-               DEMO_FOLDS="2", DEMO_EPOCHS="1", DEMO_ALLOCATIONS="50")
+               DEMO_FOLDS="2", DEMO_EPOCHS="1", DEMO_ALLOCATIONS="50",
+               DEMO_SHIFT="none", DEMO_FAMILIES="brainimagenet", DEMO_MCI_FRACTION="0")
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "make_demo_models.sh"), str(tmp / "work"), str(tmp / "dest")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -184,7 +184,9 @@ def maps_origin(derivatives_dir: Path) -> tuple[str, bool]:
     except (OSError, json.JSONDecodeError):
         return "unknown", False
     gen = meta.get("GeneratedBy") or [{}]
-    name = str(gen[0].get("Name", "unknown")) if isinstance(gen, list) and gen else "unknown"
+    names = [str(g.get("Name", "unknown")) for g in gen if isinstance(g, dict)] if isinstance(gen, list) else []
+    name = names[0] if names else "unknown"
     if name == "vbm-predict simulate":
         return "synthetic-ground-truth", True
-    return name, False
+    # maps derived from a simulated cohort (bids_app.train.shift): synthetic, labelled by their first step
+    return name, "vbm-predict simulate" in names[1:]
