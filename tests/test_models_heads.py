@@ -30,6 +30,7 @@ from bids_app.models.package import input_spec, upgrade_card, validate_card
 from bids_app.types import GMMaps, QCResult, T1wUnit
 
 DEMO = Path(__file__).resolve().parents[1] / "bids_app" / "data" / "demo_models"
+SCHEMA1 = Path(__file__).resolve().parent / "data" / "schema1_packages"  # the demo packages as written before schema 2
 
 
 class TinyHeads(nn.Module):
@@ -183,9 +184,9 @@ def test_float16_weights_round_trip(tmp_path, packages, inputs):
 
 def test_schema1_demo_packages_load_as_one_binary_head(tmp_path):
     for task, (target, labels) in {"ad": ("diagnosis", ("CN", "AD")), "sex": ("sex", ("female", "male"))}.items():
-        card = json.loads((DEMO / task / "model.json").read_text())
-        assert card.get("schema_version", 1) == 1  # the bundled packages are schema 1, unchanged
-        pkg = load_package(DEMO / task)
+        card = json.loads((SCHEMA1 / task / "model.json").read_text())
+        assert card.get("schema_version", 1) == 1  # packages written before schema 2, unchanged
+        pkg = load_package(SCHEMA1 / task)
         assert (pkg.schema_version, pkg.family, pkg.input_kind) == (1, "brainimagenet", "gm_crop2")
         (head,) = pkg.heads
         got = (head.name, head.kind, head.target, head.outputs, head.labels)

@@ -131,9 +131,9 @@ def test_missing_weights_file_is_refused(tmp_path):
     ],
 )
 def test_bad_cards_are_refused(tmp_path, edit, match):
-    """Schema-1 cards (the bundled demo package, as written before schema 2) keep their checks."""
+    """Schema-1 cards (the demo package as written before schema 2, tests/data/schema1_packages) keep their checks."""
     pkg = tmp_path / "ad"
-    shutil.copytree(Path(__file__).resolve().parents[1] / "bids_app" / "data" / "demo_models" / "ad", pkg)
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "schema1_packages" / "ad", pkg)
     card = json.loads((pkg / "model.json").read_text())
     edit(card)
     (pkg / "model.json").write_text(json.dumps(card))

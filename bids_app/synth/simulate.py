@@ -586,6 +586,7 @@ def _simulate_subject(
     )
     if t1w_mni:
         brain_t = (site.gm_contrast * gm_s + tmpl.wm + site.csf_contrast * csf_s).astype(np.float32)
+        brain_t[(tmpl.gm + tmpl.wm + tmpl.csf) < 0.5] = 0.0  # skull-stripped: 0 outside the template's tissue
         write_t1w_mni(truth_t1w_mni_path(out, pid, subj.session_id), _affine_registered_t1w(brain_t, tmpl, warp), {
             **common,
             "Description": "True T1w in MNI152 space at 1 mm, affinely registered (the subject's head size, tilt "
