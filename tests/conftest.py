@@ -49,7 +49,7 @@ LONG_MODULES: dict[str, float] = {
     "test_fidelity_real": 700,
     "test_models_keras_import": 650,
     "test_synth": 400,
-    "test_train_cli_families": 350,
+    "test_train_cli_families": 500,
     "test_train_pipeline": 300,
     "test_slurm": 200,
     "test_explain_occlusion": 170,
