@@ -499,7 +499,12 @@ def _run_participant_level(
     backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
                           dartel_template=dartel_template, outputs=outputs)
     if Path(models_dir) == DEMO_MODELS:
-        packages = demo_packages_for(packages, backend)
+        kept = demo_packages_for(packages, backend)
+        if len(kept) < len(packages):  # the backend was asked for maps only the left-out packages read
+            packages = kept
+            outputs = needed_outputs({package_input_kind(p) for p in packages})
+            backend = get_backend(preproc, derivatives_dir=derivatives_dir, nprocs=plan.omp_nthreads,
+                                  dartel_template=dartel_template, outputs=outputs)
     check_input_kinds(packages, backend)
     _log.info("preprocessing backend: %s (%s)", backend.name, backend.version())
     for warning in check_output_dataset(output_dir, bids_dir):
