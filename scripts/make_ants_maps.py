@@ -20,11 +20,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
-
-from bids_app.derivatives import SPACE
-from bids_app.grid import MNI1MM_AFFINE, SPM_AFFINE
+from bids_app.derivatives import SPACE, write_map, write_t1w_mni
 
 
 def _one(args: tuple[str, str, str]) -> dict:
@@ -42,11 +38,11 @@ def _one(args: tuple[str, str, str]) -> dict:
     anat = Path(out) / "derivatives" / "ants" / f"sub-{sub}" / "anat"
     anat.mkdir(parents=True, exist_ok=True)
     pre = f"sub-{sub}_space-{SPACE}_label-GM"
-    nib.save(nib.Nifti1Image(maps.gmd.astype(np.float32), SPM_AFFINE), anat / f"{pre}_probseg.nii.gz")
-    nib.save(nib.Nifti1Image(maps.gmv.astype(np.float32), SPM_AFFINE), anat / f"{pre}_desc-modulated_probseg.nii.gz")
+    made = {"Sources": [str(unit.path)], "Description": "made by AntsBackend for the demo models' shift fit"}
+    write_map(anat / f"{pre}_probseg.nii.gz", maps.gmd, made)
+    write_map(anat / f"{pre}_desc-modulated_probseg.nii.gz", maps.gmv, made)
     assert maps.t1w_mni is not None
-    nib.save(nib.Nifti1Image(maps.t1w_mni.astype(np.float32), MNI1MM_AFFINE),
-             anat / f"sub-{sub}_space-MNI152NLin2009aSym_res-1_desc-preproc_T1w.nii.gz")
+    write_t1w_mni(anat / f"sub-{sub}_space-MNI152NLin2009aSym_res-1_desc-preproc_T1w.nii.gz", maps.t1w_mni, made)
     rec = {"sub": sub, "wall_s": wall, "cpu_s": cpu, "steps": maps.provenance.get("StepSeconds"), "qc": maps.qc,
            "loadavg": os.getloadavg()}
     (anat / f"sub-{sub}_timing.json").write_text(json.dumps(rec, indent=1))

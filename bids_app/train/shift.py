@@ -40,10 +40,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .._io import atomic_path
-from ..derivatives import SPACE
+from ..derivatives import SPACE, write_map
 from ..errors import InputDataError, NoInputError
-from ..grid import SPM_AFFINE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
+from ..grid import SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
 
 __all__ = ["MapShift", "ShiftModel", "fit_shift", "apply_shift", "shift_dataset", "paired_maps"]
 
@@ -209,11 +208,9 @@ def shift_dataset(model: ShiftModel, truth_dir: Path, out: Path, *, model_path: 
         for kind, src in (("gmd", gmd), ("gmv", gmv)):
             if (dest / src.name).is_file():  # written by an earlier, interrupted run
                 continue
-            img = nib.Nifti1Image(model.shifts[kind].apply(_load(src)), SPM_AFFINE)
-            img.header.set_sform(SPM_AFFINE, code=4)
-            img.header.set_qform(SPM_AFFINE, code=4)
-            with atomic_path(dest / src.name, suffix=".nii.gz") as tmp:
-                nib.save(img, tmp)
+            write_map(dest / src.name, model.shifts[kind].apply(_load(src)),
+                      {"Sources": [str(src)], "Description": f"the true {kind.upper()} carried through the measured "
+                       "ANTs shift (bids_app.train.shift)"})
         for extra in gmd.parent.glob(f"{prefix}_space-MNI152*_desc-preproc_T1w.*"):
             if not (dest / extra.name).is_file():
                 shutil.copy2(extra, dest / extra.name)
