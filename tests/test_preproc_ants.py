@@ -35,6 +35,7 @@ def test_backend_contract():
 def test_params_key_names_the_cache():
     assert AntsParams().key() == AntsParams().key()
     assert AntsParams(syn_iterations=(10, 0, 0)).key() != AntsParams().key()
+    assert AntsParams(affine_plausible_ratio=(0.4, 1.6)).key() != AntsParams().key()
 
 
 def test_ras_grid_is_the_spm_grid_mirrored():
@@ -214,6 +215,39 @@ def test_real_colin27_head(tmp_path):
     # measured 0.844-0.847 with SyN 70x50x10 (0.873 with the former 20 full-resolution iterations,
     # see docs/preprocessing.md); QC flags below 0.8
     assert qc.metrics["registration_t1_correlation"] > 0.82
+
+
+@pytest.mark.slow
+def test_affine_finds_the_brain_where_the_plain_affine_grew_it_over_the_skull(tmp_path, caplog, monkeypatch):
+    """The demo's own cohort (seed 31) holds a head (sub-004) where the 12-parameter affine from the
+    centre of mass placed 2.0x the template brain volume on the head (warped-T1 r 0.25; every later
+    step failed QC), with the backend's seeded sampling on one ITK thread. Whether the plain affine
+    fails depends on that sampling, so the staged restart is forced here (every ratio but 1 counts as
+    implausible) and must find the brain on this head."""
+    import ants
+    import ants.config
+
+    from bids_app.preproc import ants as ants_backend
+    from bids_app.synth import simulate_dataset
+
+    bids = tmp_path / "bids"
+    simulate_dataset(bids, participants=4, sites=2, seed=31, nprocs=2, mci_fraction=0.25)  # the demo's defaults
+    backend = AntsBackend(nprocs=2, params=AntsParams(affine_plausible_ratio=(1.0, 1.0)))
+    monkeypatch.setattr(ants.config, "_random_seed", backend.params.random_seed)  # as run() sets it
+    t1, n4, aff = tmp_path / "t1.nii.gz", tmp_path / "n4.nii.gz", tmp_path / "affine.mat"
+    backend._reorient(next(bids.glob("sub-004/anat/*_T1w.nii.gz")), t1)
+    backend._n4(t1, n4)
+    with caplog.at_level("INFO", logger="bids_app.preproc.ants"):
+        backend._affine(n4, aff)
+    assert "restarting rigid -> similarity -> affine" in caplog.text and "staged affine:" in caplog.text
+    ratio = ants_backend.affine_volume_ratio(aff)
+    assert 0.8 <= ratio <= 1.25, ratio  # measured 1.05 staged (2.01 from the plain affine)
+    grid = template_on_grid()
+    warped = ants.apply_transforms(fixed=AntsBackend._grid_image(grid["T1"]), moving=AntsBackend._moving_15mm(n4),
+                                   transformlist=[str(aff)]).numpy()
+    brain = grid["brain"] > 0.5
+    r = float(np.corrcoef(warped[brain], grid["T1"][brain])[0, 1])
+    assert r > 0.7, r  # measured 0.78 staged, 0.25 from the plain affine
 
 
 def test_to_ants_is_quiet_about_unitless_headers(capfd):
