@@ -295,7 +295,7 @@ def _run_pool(items, work, plan, setup, lost, label, results) -> list[Any]:
                 while pending or running:
                     while pending and len(running) < plan.workers and (
                         not running or (len(running) + 1) * unit_gb <= plan.mem_gb
-                    ) and not (running and _suspect_involved(pending[-1], running)):
+                    ) and not _suspect_involved(pending[-1], running):
                         slot = pending.pop()
                         slot.started = time.perf_counter()
                         _log.info("[%d/%d] %s started (%d running, %d waiting)", slot.index + 1, n, label(slot.item),
@@ -341,7 +341,7 @@ def _suspect_involved(candidate: _Slot, running: dict[Future, _Slot]) -> bool:
     suspect is retried alone: a second death is then its own, and a T1w that merely ran beside the
     culprit is not failed with it.
     """
-    return candidate.strikes > 0 or any(s.strikes > 0 for s in running.values())
+    return bool(running) and (candidate.strikes > 0 or any(s.strikes > 0 for s in running.values()))
 
 
 def _requeue_after_crash(running, pending, results, lost, label) -> None:

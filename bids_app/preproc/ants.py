@@ -477,9 +477,7 @@ class AntsBackend:
         gmd = ants.apply_transforms(fixed=fixed, moving=gm_native, transformlist=fwd, interpolator="linear").numpy()
         gmd = np.clip(gmd, 0.0, 1.0)
         jac_field = ants.create_jacobian_determinant_image(fixed, fwd[0], do_log=False).numpy()
-        tx = ants.read_transform(fwd[1])
-        lin = np.asarray(tx.parameters[:9], dtype=np.float64).reshape(3, 3)
-        det_affine = float(abs(np.linalg.det(lin)))
+        det_affine = affine_volume_ratio(fwd[1])
         jac = np.abs(jac_field) * det_affine
         gmv = gmd * jac
 
