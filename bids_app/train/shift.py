@@ -19,6 +19,14 @@ models learn from is how participants differ), ``offset`` = mean backend - scale
 (the backend's systematic extra GM, e.g. at the brain's edge). ``sigma`` is chosen on held-out
 participants (two-fold over the N), by the share of between-participant variance explained.
 
+The term ``e_i`` matters as much as the rest: what the backend does to one participant that the truth
+does not predict (misregistration by a voxel here and there, segmentation noise: 87% of the GMV
+deviations and all of the GMD deviations on the first fit). A model trained without it sees, in the
+backend's maps, variance it has never seen and reads it as signal (the first shifted demo models did).
+So the fit keeps the N participants' residual maps, and ``apply`` adds to each emulated map a fresh
+draw with the residuals' covariance: ``e = sum_j w_j r_j``, ``w_j ~ N(0, 1/(N-1))`` (the residuals sum
+to zero, so this is the sample covariance of ``e``; the same weights for GMD and GMV, which err together).
+
 ``python -m bids_app.train.shift fit --backend DIR --truth DIR -o shift.npz`` fits and prints the
 figures; ``python -m bids_app.train.shift apply shift.npz --truth DIR -o DIR`` writes the shifted
 maps as a derivatives dataset with the truth's names, which ``vbm-predict train --derivatives`` reads
@@ -32,6 +40,7 @@ import json
 import math
 import shutil
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,7 +53,7 @@ from ..derivatives import SPACE, write_map
 from ..errors import InputDataError, NoInputError
 from ..grid import SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
 
-__all__ = ["MapShift", "ShiftModel", "fit_shift", "apply_shift", "shift_dataset", "paired_maps"]
+__all__ = ["MapShift", "ShiftModel", "fit_shift", "apply_shift", "shift_dataset", "paired_maps", "noise_weights"]
 
 KINDS: tuple[str, ...] = ("gmd", "gmv")
 _NAMES = {"gmd": f"_space-{SPACE}_label-GM_probseg.nii.gz",
@@ -65,10 +74,26 @@ class MapShift:
     offset: np.ndarray
     #: held-out share of between-participant variance explained, per sigma tried
     explained: dict[float, float] = field(default_factory=dict)
+    #: the fitted participants' residual maps (N x grid, summing to zero over N), or None
+    residuals: np.ndarray | None = None
 
-    def apply(self, truth: np.ndarray) -> np.ndarray:
+    def apply(self, truth: np.ndarray, noise_weights: np.ndarray | None = None) -> np.ndarray:
+        """The emulated backend map of ``truth``; with ``noise_weights`` (one per residual map, see
+        :func:`noise_weights`) plus that combination of the fitted residuals."""
         smooth = ndimage.gaussian_filter(truth, self.sigma) if self.sigma > 0 else truth
-        return np.clip(self.scale * smooth + self.offset, 0.0, None).astype(np.float32)
+        mapped = self.scale * smooth + self.offset
+        if noise_weights is not None:
+            if self.residuals is None:
+                raise ValueError(f"{self.kind} shift: fitted without residual maps; no noise can be drawn")
+            mapped = mapped + np.tensordot(noise_weights.astype(np.float32), self.residuals, axes=1)
+        return np.clip(mapped, 0.0, None).astype(np.float32)
+
+
+def noise_weights(n_residuals: int, participant: str, seed: int = 0) -> np.ndarray:
+    """Weights ``w_j ~ N(0, 1/(N-1))`` of one participant's residual draw, fixed by ``seed`` and the
+    participant's name (a rerun, or an interrupted run resumed, writes the same maps)."""
+    rng = np.random.default_rng([seed, zlib.crc32(participant.encode())])
+    return rng.normal(0.0, 1.0 / math.sqrt(max(n_residuals - 1, 1)), n_residuals)
 
 
 @dataclass
@@ -81,6 +106,8 @@ class ShiftModel:
 
     def save(self, path: Path) -> Path:
         arrays = {f"{k}_offset": s.offset for k, s in self.shifts.items()}
+        arrays.update({f"{k}_residuals": s.residuals.astype(np.float16) for k, s in self.shifts.items()
+                       if s.residuals is not None})
         shifts = {k: {"scale": s.scale, "sigma": s.sigma, "explained": {str(a): b for a, b in s.explained.items()}}
                   for k, s in self.shifts.items()}
         meta = {"participants": self.participants, "figures": self.figures, "shifts": shifts}
@@ -93,7 +120,8 @@ class ShiftModel:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             shifts = {k: MapShift(k, float(v["scale"]), float(v["sigma"]), z[f"{k}_offset"].astype(np.float32),
-                                  {float(a): float(b) for a, b in v["explained"].items()})
+                                  {float(a): float(b) for a, b in v["explained"].items()},
+                                  z[f"{k}_residuals"].astype(np.float32) if f"{k}_residuals" in z.files else None)
                       for k, v in meta["shifts"].items()}
         return cls(shifts, list(meta["participants"]), dict(meta["figures"]))
 
@@ -151,7 +179,9 @@ def _fit_kind(kind: str, backend: np.ndarray, truth: np.ndarray) -> MapShift:
     s = smoothed[best]
     mb, ms = backend.mean(0), s.mean(0)
     a = _slope(backend - mb, s - ms)
-    return MapShift(kind, a, best, (mb - a * ms).astype(np.float32), explained)
+    offset = (mb - a * ms).astype(np.float32)
+    residuals = (backend - (a * s + offset)).astype(np.float32)
+    return MapShift(kind, a, best, offset, explained, residuals)
 
 
 def _totals(maps: np.ndarray) -> np.ndarray:
@@ -169,6 +199,8 @@ def fit_shift(backend_dir: Path, truth_dir: Path, participants: Sequence[str] | 
         shifts[kind] = shift
         tb, tt = _totals(b), _totals(t)
         emulated = np.stack([shift.apply(x) for x in t])
+        # a fresh noise draw per participant (held out from its own residual: leave-one-out weights)
+        noisy = np.stack([shift.apply(x, _loo_weights(len(t), i)) for i, x in enumerate(t)])
         brain = t.mean(0) > 0.1
         r_raw = [float(np.corrcoef(x[brain], y[brain])[0, 1]) for x, y in zip(b, t)]
         r_emu = [float(np.corrcoef(x[brain], y[brain])[0, 1]) for x, y in zip(b, emulated)]
@@ -181,21 +213,43 @@ def fit_shift(backend_dir: Path, truth_dir: Path, participants: Sequence[str] | 
             "backend_outside_truth_ml_median": float(np.median(b[:, outside].sum(1) * SPM_VOXEL_VOLUME_MM3 / 1000)),
             "voxel_r_raw_median": float(np.median(r_raw)), "voxel_r_emulated_median": float(np.median(r_emu)),
             "emulated_total_ratio_median": float(np.median(_totals(emulated) / tb)),
+            "residual_sd_in_brain": float(shift.residuals[:, brain].std()) if shift.residuals is not None else 0.0,
+            "voxel_sd_of_deviations_backend": float((b - b.mean(0))[:, brain].std()),
+            "voxel_sd_of_deviations_emulated_with_noise": float((noisy - noisy.mean(0))[:, brain].std()),
             "scale": shift.scale, "sigma_vox": shift.sigma,
             "heldout_explained_by_sigma": {str(k): round(v, 4) for k, v in shift.explained.items()},
         }
     return ShiftModel(shifts, [p[0] for p in pairs], figures)
 
 
-def apply_shift(model: ShiftModel, truth: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: model.shifts[k].apply(v) for k, v in truth.items()}
+def _loo_weights(n: int, left_out: int, seed: int = 0) -> np.ndarray:
+    """Noise weights over the residuals of the other ``n - 1`` participants (0 for ``left_out``)."""
+    w = np.zeros(n)
+    w[np.arange(n) != left_out] = noise_weights(n - 1, str(left_out), seed)
+    return w
 
 
-def shift_dataset(model: ShiftModel, truth_dir: Path, out: Path, *, model_path: Path | None = None) -> int:
+def apply_shift(model: ShiftModel, truth: dict[str, np.ndarray], participant: str | None = None,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """The emulated maps of one participant; with ``participant``, its residual draw added (the same
+    weights for every map kind)."""
+    out = {}
+    for kind, v in truth.items():
+        shift = model.shifts[kind]
+        w = None if participant is None or shift.residuals is None else \
+            noise_weights(len(shift.residuals), participant, seed)
+        out[kind] = shift.apply(v, w)
+    return out
+
+
+def shift_dataset(model: ShiftModel, truth_dir: Path, out: Path, *, model_path: Path | None = None,
+                  noise: bool = True, seed: int = 0) -> int:
     """Write the shifted GMD/GMV of every participant in ``truth_dir`` to ``out`` (same names).
 
-    Files other than the two maps that the trainer reads (the T1w in MNI space of ``--t1w-mni``
-    cohorts) are copied as they are. Returns the number of participants written."""
+    ``noise``: add each participant's own draw of the fitted residuals (module docstring; ``seed``
+    and the participant's name fix it). Files other than the two maps that the trainer reads (the T1w
+    in MNI space of ``--t1w-mni`` cohorts) are copied as they are. Returns the number of participants
+    written."""
     truth_dir, out = Path(truth_dir), Path(out)
     n = 0
     for gmd in sorted(truth_dir.glob(f"sub-*/**/*{_NAMES['gmd']}")):
@@ -206,9 +260,10 @@ def shift_dataset(model: ShiftModel, truth_dir: Path, out: Path, *, model_path: 
         dest = out / gmd.parent.relative_to(truth_dir)
         dest.mkdir(parents=True, exist_ok=True)
         for kind, src in (("gmd", gmd), ("gmv", gmv)):
-            if (dest / src.name).is_file():  # written by an earlier, interrupted run
+            if (dest / src.name).is_file():  # written by an earlier, interrupted run (the same draw)
                 continue
-            write_map(dest / src.name, model.shifts[kind].apply(_load(src)),
+            shifted = apply_shift(model, {kind: _load(src)}, prefix if noise else None, seed)[kind]
+            write_map(dest / src.name, shifted,
                       {"Sources": [str(src)], "Description": f"the true {kind.upper()} carried through the measured "
                        "ANTs shift (bids_app.train.shift)"})
         for extra in gmd.parent.glob(f"{prefix}_space-MNI152*_desc-preproc_T1w.*"):
@@ -222,6 +277,8 @@ def shift_dataset(model: ShiftModel, truth_dir: Path, out: Path, *, model_path: 
             {"Name": SHIFT_ORIGIN, "Description": "bids_app.train.shift: backend = scale * smooth(truth) + offset map, "
              f"fitted on {len(model.participants)} participants with ANTs-made and true maps; "
              + "; ".join(f"{k}: scale {s.scale:.3f}, sigma {s.sigma} voxels" for k, s in model.shifts.items())
+             + (f"; plus a draw of the {len(model.participants)} fitted residual maps per participant (seed {seed})"
+                if noise and all(s.residuals is not None for s in model.shifts.values()) else "; no residual noise")
              + (f"; model {model_path.name}" if model_path else "")},
             {"Name": "vbm-predict simulate"},
         ],
@@ -242,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("model", type=Path)
     a.add_argument("--truth", type=Path, required=True)
     a.add_argument("-o", "--out", type=Path, required=True)
+    a.add_argument("--noise", choices=("residual", "none"), default="residual",
+                   help="add each participant a draw of the fitted residual maps (default) or nothing")
+    a.add_argument("--seed", type=int, default=0, help="seed of the residual draws")
     args = p.parse_args(argv)
     if args.cmd == "fit":
         model = fit_shift(args.backend, args.truth, args.participant_label)
@@ -249,7 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(model.figures, indent=1))
         return 0
     model = ShiftModel.load(args.model)
-    n = shift_dataset(model, args.truth, args.out, model_path=args.model)
+    n = shift_dataset(model, args.truth, args.out, model_path=args.model, noise=args.noise == "residual",
+                      seed=args.seed)
     print(f"{n} participants' shifted maps written to {args.out}")
     return 0
 
