@@ -27,6 +27,8 @@ __all__ = [
     "template_priors_1mm",
     "MTL_ELLIPSOIDS_MM",
     "ellipsoid_mask",
+    "MTL_DILATION_MM",
+    "mtl_region",
 ]
 
 TEMPLATE_PROVENANCE = {
@@ -118,3 +120,19 @@ def ellipsoid_mask(shape: tuple[int, int, int], affine: np.ndarray, ellipsoids=M
     for centre, radii in ellipsoids:
         out |= sum(((xyz[i] - centre[i]) / radii[i]) ** 2 for i in range(3)) <= 1.0
     return out
+
+
+#: margin around :data:`MTL_ELLIPSOIDS_MM` of the medial-temporal QC region (a registration error of a
+#: few mm moves tissue across the ellipsoids' edges, where the checks must see it)
+MTL_DILATION_MM: float = 3.0
+
+
+def mtl_region(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """The medial-temporal QC region on a grid: :data:`MTL_ELLIPSOIDS_MM` dilated by
+    :data:`MTL_DILATION_MM` (rounded to whole voxels of the grid's smallest spacing). One definition
+    for the map QC (:mod:`bids_app.qc`) and the backends' own registration checks."""
+    from scipy import ndimage
+
+    voxel = float(np.min(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)))
+    steps = max(int(round(MTL_DILATION_MM / voxel)), 1)
+    return ndimage.binary_dilation(ellipsoid_mask(shape, affine), iterations=steps)

@@ -89,5 +89,6 @@ def test_real_head_total_gm_and_qc(colin_pair):
         # its dura and vessels count as GM/WM mixtures (docs/preprocessing.md); a regression widens it
         assert 1.0 < gmv_ml / case.true_gm_ml < 1.7, (kind, gmv_ml, case.true_gm_ml)
         qc = compute_qc(maps)
-        assert "mtl_gm_dice" in qc.metrics and "mtl_gm_dice" in qc.thresholds
+        assert "mtl_gm_dice" in qc.metrics and qc.thresholds["mtl_t1_correlation"] > 0
+        assert qc.metrics["mtl_t1_correlation"] >= qc.thresholds["mtl_t1_correlation"], (kind, qc.metrics)
         assert qc.passed, (kind, qc.flags, qc.metrics)

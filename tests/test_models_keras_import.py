@@ -309,9 +309,13 @@ def test_full_size_sex_network_matches_tf_keras(tmp_path):
     assert np.abs(got - ref).max() < 1e-5
 
 
-@pytest.mark.slow
-def test_full_size_ad_ensemble_in_keras_224_layout_matches_tf_keras(tmp_path):
+@pytest.fixture(scope="module")
+def full_size_ad_folds(tmp_path_factory):
+    """Five full-size AD networks built in tf-keras (tf layout H5 files) and their Keras scores on one
+    input: the 2020 ensemble test and the 2021 generation test read the same files (each network
+    takes tens of seconds to build and score on CI's two cores)."""
     keras = _tfk()
+    root = tmp_path_factory.mktemp("full_size_ad")
     x = gm_like_inputs(1, seed=12)
     x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1))
     files, refs = [], []
@@ -319,14 +323,21 @@ def test_full_size_ad_ensemble_in_keras_224_layout_matches_tf_keras(tmp_path):
         m = build_keras(keras, "irv2_ad_optimised", seed=100 + k)
         randomise_bn(m, seed=200 + k)
         assert m.count_params() == 10_166_049
-        tmp = tmp_path / f"tf_fold{k}.h5"
-        m.save(tmp)
+        files.append(root / f"tf_fold{k}.h5")
+        m.save(files[-1])
         refs.append(_keras_scores(m, x_cl))
-        p = tmp_path / f"20200504_Phase4_Trans_AD_IncepResN_lr0003_Lfso_Fold{k}.h5"
-        to_keras224(tmp, p)
-        tmp.unlink()
-        files.append(p)
+        del m
         keras.backend.clear_session()
+    return {"x": x, "files": files, "refs": refs}
+
+
+@pytest.mark.slow
+def test_full_size_ad_ensemble_in_keras_224_layout_matches_tf_keras(full_size_ad_folds, tmp_path):
+    x, refs, files = full_size_ad_folds["x"], full_size_ad_folds["refs"], []
+    for k, tf_file in enumerate(full_size_ad_folds["files"]):
+        p = tmp_path / f"20200504_Phase4_Trans_AD_IncepResN_lr0003_Lfso_Fold{k}.h5"
+        to_keras224(tf_file, p)
+        files.append(p)
     pkg_dir = import_keras(files, task="ad", out_dir=tmp_path / "pkg")
     pkg = load_package(pkg_dir)
     # recognised by the published file names: the published card, SPM-validated only
@@ -340,26 +351,18 @@ def test_full_size_ad_ensemble_in_keras_224_layout_matches_tf_keras(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_2021_simplified_ad_network_matches_tf_keras(tmp_path):
+def test_full_size_2021_simplified_ad_network_matches_tf_keras(full_size_ad_folds, tmp_path):
     """The AD generation the authors' script loads since 2021 (sex stem up to StemEnd + conv/pool head),
-    built in tf-keras at full size under its published name: imported, recognised, and scored alike."""
-    keras = _tfk()
-    x = gm_like_inputs(1, seed=13)
-    m = build_keras(keras, "irv2_ad_optimised", seed=300)
-    randomise_bn(m, seed=301)
-    assert m.count_params() == 10_166_049
+    a full-size tf-keras network (tf layout) under its published name: imported, recognised, and scored alike."""
     p = tmp_path / "20210106_0_Phase4_Trans_AD_IncepResN_lr0003_Lfso_Fold0.h5"
-    m.save(p)
-    ref = _keras_scores(m, np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1)))
-    del m
-    keras.backend.clear_session()
+    shutil.copyfile(full_size_ad_folds["files"][0], p)
     pkg_dir = import_keras([p], task="ad", out_dir=tmp_path / "pkg")
     card = json.loads((pkg_dir / "model.json").read_text())
     assert card["provenance"]["generation"]["id"] == "2021"
     pkg = load_package(pkg_dir)
     assert (pkg.name, pkg.version, pkg.architecture) == ("brainimagenet-ad", "2021.01.06", "irv2_ad_optimised")
-    got = predict(pkg, x, precision="fp32").fold_scores[:, 0]
-    assert np.abs(got - ref).max() < 1e-5
+    got = predict(pkg, full_size_ad_folds["x"], precision="fp32").fold_scores[:, 0]
+    assert np.abs(got - full_size_ad_folds["refs"][0]).max() < 1e-5
 
 
 def _published_names(generation: str) -> dict[str, list[str]]:

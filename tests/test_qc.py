@@ -89,16 +89,26 @@ def test_correlation_needs_grid():
         gmv_template_correlation(np.zeros((10, 10, 10)))
 
 
-def test_mtl_dice_flags_a_warp_that_missed_the_medial_temporal_lobe(good):
-    """A map whose medial temporal lobe sits 3 mm off (the rest plausible) fails mtl_gm_dice only there."""
+def test_mtl_dice_is_reported_not_a_check(good):
+    """A map whose medial temporal lobe sits 3 mm off (the rest plausible) has a lower mtl_gm_dice, but
+    so does a well-registered AD head: the value is reported, the local check is mtl_t1_correlation."""
     from bids_app.qc import MTL_DICE_THRESHOLD, mtl_gm_dice, mtl_mask
 
     assert mtl_gm_dice(good) > MTL_DICE_THRESHOLD
     qc = compute_qc(_maps(good))
-    assert "mtl_gm_dice" not in qc.flags and qc.thresholds["mtl_gm_dice"] == MTL_DICE_THRESHOLD
+    assert "mtl_gm_dice" in qc.metrics and "mtl_gm_dice" not in qc.thresholds
     missed = good.copy()
     roi = ndimage.binary_dilation(mtl_mask(), iterations=4)
     missed[roi] = np.roll(good, 2, axis=2)[roi]
     qc = compute_qc(_maps(missed))
     assert qc.metrics["mtl_gm_dice"] < MTL_DICE_THRESHOLD
-    assert "mtl_gm_dice" in qc.flags and "gmv_template_correlation" not in qc.flags
+    assert "mtl_gm_dice" not in qc.flags and "gmv_template_correlation" not in qc.flags
+
+
+def test_mtl_t1_correlation_from_the_backend_is_the_local_check(good):
+    from bids_app.qc import MTL_T1_THRESHOLD
+
+    ok = compute_qc(_maps(good, qc={"mtl_t1_correlation": MTL_T1_THRESHOLD + 0.05}))
+    assert "mtl_t1_correlation" not in ok.flags and ok.thresholds["mtl_t1_correlation"] == MTL_T1_THRESHOLD
+    bad = compute_qc(_maps(good, qc={"mtl_t1_correlation": MTL_T1_THRESHOLD - 0.05}))
+    assert bad.flags == ("mtl_t1_correlation",)

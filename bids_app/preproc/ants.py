@@ -57,6 +57,7 @@ import numpy as np
 from .._io import atomic_path, write_json
 from ..errors import BackendUnavailableError, PreprocessingError
 from ..grid import MNI1MM_AFFINE, MNI1MM_SHAPE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
+from ..templates import mtl_region
 from ..types import GMMaps, T1wUnit
 from ._templates import RAS_GRID_AFFINE, TEMPLATE_PROVENANCE, ras_to_spm, template_on_grid, template_priors_1mm
 from .inputs import load_t1w
@@ -485,6 +486,11 @@ class AntsBackend:
         warped_t1 = ants.image_read(str(syn / "warped.nii.gz")).numpy()
         brain = grid["brain"] > 0.5
         t1_corr = float(np.corrcoef(warped_t1[brain], grid["T1"][brain])[0, 1])
+        # the same where the AD models look: a warp that aligned the brain but not the medial temporal
+        # anatomy scores low here; unlike the GM overlap there, atrophy does not lower it (the warp
+        # stretches the shrunken tissue back onto the template's, where the Jacobian records the loss)
+        mtl = mtl_region(SPM_SHAPE, RAS_GRID_AFFINE)
+        mtl_t1_corr = float(np.corrcoef(warped_t1[mtl], grid["T1"][mtl])[0, 1])
         gmv_ml = float(gmv.sum(dtype=np.float64) * SPM_VOXEL_VOLUME_MM3 / 1000.0)
         arrays = {
             "gmd": ras_to_spm(gmd.astype(np.float32)),
@@ -493,6 +499,7 @@ class AntsBackend:
             "native_brain_volume_ml": brain_ml,
             "modulation_volume_ratio": gmv_ml / gm_ml if gm_ml > 0 else float("nan"),
             "registration_t1_correlation": t1_corr,
+            "mtl_t1_correlation": mtl_t1_corr,
             "affine_scale": det_affine ** (1.0 / 3.0),
             "jacobian_min": float(jac[brain].min()),
             "jacobian_max": float(jac[brain].max()),

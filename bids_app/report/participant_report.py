@@ -74,6 +74,14 @@ QC_MEANINGS: dict[str, str] = {
     ),
     "total_gmv_ml": "Total GM volume in ml; outside the adult range means a failed segmentation or a non-head input.",
     "registration_t1_correlation": "Correlation of the warped T1w with the template T1; low means the warp failed.",
+    "mtl_t1_correlation": (
+        "The same inside the medial temporal lobe, where the AD models look; low means the warp did not follow "
+        "the local anatomy there."
+    ),
+    "mtl_gm_dice": (
+        "Overlap (Dice) of GM density > 0.5 with the template's GM inside the medial temporal lobe; lowered both by "
+        "a poor local warp and by the atrophy the AD models look for, so reported only."
+    ),
     "modulation_volume_ratio": "Total GMV over native GM volume: the Jacobian bookkeeping of modulation (ideal 1).",
     "jacobian_min": "Smallest Jacobian determinant of the warp; zero or below means the warp folded.",
     "brain_mask_dice": "Overlap of the subject's brain mask with the template's after registration.",
