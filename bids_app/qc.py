@@ -76,9 +76,11 @@ GMV_CORRELATION_THRESHOLD: float = 0.6414
 #: "QC of the local registration").
 MTL_DICE_THRESHOLD: float = 0.89
 
-#: ``mtl_t1_correlation`` below which the warp did not follow the medial temporal anatomy; derived in
-#: docs/preprocessing.md ("QC of the local registration") on ANTs warps of simulated CN, MCI and AD
-#: heads and of the Colin27 pair against the same warps reduced to their affine part or shifted 3 mm.
+#: ``mtl_t1_correlation`` below which the warp did not follow the medial temporal anatomy. Derived in
+#: docs/preprocessing.md ("QC of the local registration") on 22 ANTs warps: 20 simulated heads (CN,
+#: MCI and 5 AD) and the Colin27 pair, 0.819-0.944 (lowest: the demo's severe AD head). 18 of them
+#: were also shifted 3 mm along each axis (at most 0.693: all flagged) and reduced to their affine part
+#: (0.440-0.846: 15 of 18 flagged, both Colin27 ones among them). Set 0.02 below the lowest good warp.
 MTL_T1_THRESHOLD: float = 0.80
 
 #: metric -> (comparison, bound); a flag is raised when the comparison fails

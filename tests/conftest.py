@@ -30,32 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "ci_may_skip(reason): may skip even with CI=true, for what no CI machine has (e.g. a GPU)"
     )
-    if hasattr(config, "workerinput"):  # an xdist worker
-        _own_share_of_the_cpus(config.workerinput["workerid"], int(config.workerinput["workercount"]))
-
-
-def _own_share_of_the_cpus(worker_id: str, workers: int) -> None:
-    """Pin this xdist worker to its own CPUs (``len(cpus) // workers`` of them), so that its threads
-    never share a core with the other worker's: two workers that each ran torch's OpenMP threads and
-    ITK's on both of CI's two cores made every parallel region wait for a thread the other process
-    had descheduled (README, "CI time"). The app, its subprocesses and the thread defaults then see
-    these CPUs only (``bids_app.parallel.available_cpus``), as they would under a SLURM or Docker CPU
-    limit. ``VBM_PREDICT_TEST_CPU_SHARE=off`` keeps all CPUs (to measure the difference)."""
-    if os.environ.get("VBM_PREDICT_TEST_CPU_SHARE", "on") == "off" or not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    per = len(cpus) // max(workers, 1)
-    if per < 1:
-        return
-    index = int(worker_id.removeprefix("gw"))
-    share = cpus[index * per: (index + 1) * per]
-    os.sched_setaffinity(0, share)
-    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(len(share))
-    import sys
-
-    if "torch" in sys.modules:  # imported before this hook: its thread pool was sized for all CPUs
-        sys.modules["torch"].set_num_threads(len(share))
 
 
 # ------------------------------------------------------------------ scheduling under pytest-xdist

@@ -115,11 +115,11 @@ def test_demo_parser_defaults() -> None:
     parser = argparse.ArgumentParser()
     demo_cmd.add_parser(parser.add_subparsers())
     args = parser.parse_args(["demo", "out"])
-    assert (args.n_participants, args.nprocs, args.seed, args.mci_fraction) == (4, 2, 31, 0.25)
+    assert (args.n_participants, args.nprocs, args.seed, args.mci_fraction) == (4, 2, 37, 0.25)
     assert args.func is demo_cmd.run
 
 
-def test_the_demo_cohort_has_both_sexes_and_every_diagnosis() -> None:
+def test_the_demo_cohort_has_both_sexes_and_every_diagnosis_and_the_sex_effect() -> None:
     """The defaults' participants give every demo model both classes in the group evaluation."""
     from bids_app.synth.simulate import draw_sites, draw_subjects
 
@@ -130,6 +130,9 @@ def test_the_demo_cohort_has_both_sexes_and_every_diagnosis() -> None:
                              mci_fraction=a.mci_fraction)
     assert {s.sex for s in subjects} == {"M", "F"}
     assert {s.diagnosis for s in subjects} == {"CN", "MCI", "AD"}
+    # the sex models read head size through GM volume: the demo's men carry more GM than its women
+    gm = {s.participant_id: (s.sex, s.head_scale**3 * (1 - s.global_gm_loss)) for s in subjects}
+    assert min(v for sex, v in gm.values() if sex == "M") > max(v for sex, v in gm.values() if sex == "F"), gm
 
 
 def test_make_demo_models_script_names_every_package() -> None:

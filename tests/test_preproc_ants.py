@@ -219,7 +219,7 @@ def test_real_colin27_head(tmp_path):
 
 @pytest.mark.slow
 def test_affine_finds_the_brain_where_the_plain_affine_grew_it_over_the_skull(tmp_path, caplog, monkeypatch):
-    """The demo's own cohort (seed 31) holds a head (sub-004) where the 12-parameter affine from the
+    """The demo's earlier cohort (seed 31) holds a head (sub-004) where the 12-parameter affine from the
     centre of mass placed 2.0x the template brain volume on the head (warped-T1 r 0.25; every later
     step failed QC), with the backend's seeded sampling on one ITK thread. Whether the plain affine
     fails depends on that sampling, so the staged restart is forced here (every ratio but 1 counts as
@@ -231,7 +231,7 @@ def test_affine_finds_the_brain_where_the_plain_affine_grew_it_over_the_skull(tm
     from bids_app.synth import simulate_dataset
 
     bids = tmp_path / "bids"
-    simulate_dataset(bids, participants=4, sites=2, seed=31, nprocs=2, mci_fraction=0.25)  # the demo's defaults
+    simulate_dataset(bids, participants=4, sites=2, seed=31, nprocs=2, mci_fraction=0.25)  # the earlier demo defaults
     backend = AntsBackend(nprocs=2, params=AntsParams(affine_plausible_ratio=(1.0, 1.0)))
     monkeypatch.setattr(ants.config, "_random_seed", backend.params.random_seed)  # as run() sets it
     t1, n4, aff = tmp_path / "t1.nii.gz", tmp_path / "n4.nii.gz", tmp_path / "affine.mat"
