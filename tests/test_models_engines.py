@@ -12,6 +12,7 @@ import torch
 
 from bids_app.models import load_package, predict
 from bids_app.models.engines import (
+    TOLERANCE,
     CPUFeatures,
     EngineCandidate,
     EngineCheckError,
@@ -96,7 +97,7 @@ def test_describe_engine_choice_names_cpu_engines_and_order():
     assert d["self_check_tolerance"]["fp32"] == 1e-5
 
 
-@pytest.mark.parametrize("precision", ["auto", "fused", "openvino", "onnxruntime"])
+@pytest.mark.parametrize("precision", ["fused", "openvino", "onnxruntime"])
 def test_fp32_engines_match_pytorch_fp32_and_say_what_ran(ad_pkg, x, precision):
     if precision == "openvino":
         require("openvino")
@@ -112,12 +113,27 @@ def test_fp32_engines_match_pytorch_fp32_and_say_what_ran(ad_pkg, x, precision):
     e = got.engine
     assert e["Precision"] == "fp32" and e["Fallbacks"] == []
     assert e["SelfCheck"]["Tolerance"] == 1e-5 and e["SelfCheck"]["MaxScoreDiffVsPyTorchFP32"] <= 1e-5
-    expected = {"fused": "torch-fused", "openvino": "openvino", "onnxruntime": "onnxruntime"}.get(precision)
-    if expected:
-        assert e["Engine"] == expected
-    else:
-        assert e["Engine"] == describe_engine_choice("cpu")["candidates"][0].split()[0]
+    assert e["Engine"] == {"fused": "torch-fused", "openvino": "openvino", "onnxruntime": "onnxruntime"}[precision]
     assert ref.engine["Engine"] == "torch-eager" and ref.engine["SelfCheck"] is None
+
+
+def test_auto_runs_this_cpus_first_faithful_candidate_and_says_why_not_the_others(ad_pkg, x):
+    """auto follows this CPU's rule (bf16 first where bf16 is native, FP32 engines otherwise): the first
+    candidate that passes its self-check runs, each one before it is in Fallbacks with its reason, and
+    the scores agree with FP32 within the chosen precision's tolerance."""
+    ref = predict(ad_pkg, x, precision="fp32")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = predict(ad_pkg, x, precision="auto")
+    e, choice = got.engine, describe_engine_choice("cpu")
+    tol = TOLERANCE[e["Precision"]]
+    assert e["SelfCheck"]["Tolerance"] == tol and e["SelfCheck"]["MaxScoreDiffVsPyTorchFP32"] <= tol
+    np.testing.assert_allclose(got.fold_scores, ref.fold_scores, atol=tol, rtol=0)
+    position = choice["candidates"].index(f"{e['Engine']} {e['Precision']}")
+    assert [f.split(":")[0] for f in e["Fallbacks"]] == choice["candidates"][:position]
+    assert len([w for w in caught if "inference engine not used" in str(w.message)]) == position
+    if choice["rule"] == "cpu-fp32":  # the FP32 engines are exact on this model: the first one runs
+        assert position == 0 and e["Precision"] == "fp32"
 
 
 def _perturbed_onnx(net, path, factor=1.02):

@@ -269,11 +269,13 @@ def test_auto_engine_for_a_multi_output_network(packages, inputs):
     got = predict(pkg, x, precision="auto")
     info = got.engine
     assert info["Engine"] in ("torch-fast", "torch-eager")
-    assert info["Engine"] == "torch-eager" or info["SelfCheck"]["MaxScoreDiffVsPyTorchFP32"] <= 1e-5
+    # bf16 on a CPU with native bf16 (auto tries it first there), FP32 elsewhere
+    assert info["Engine"] == "torch-eager" or \
+        info["SelfCheck"]["MaxScoreDiffVsPyTorchFP32"] <= {"fp32": 1e-5, "bf16": 1e-3}[info["Precision"]]
     for reason in info["Fallbacks"]:
         assert "GraphNet" in reason or "compile" in reason
     for a, b in zip(got.heads, ref.heads):
-        tol = 1e-4 * (10.0 if a.kind == "regression" else 1.0)
+        tol = 1e-4 * (10.0 if a.kind == "regression" else 1.0) * (100.0 if info["Precision"] == "bf16" else 1.0)
         assert np.abs(a.fold_outputs - b.fold_outputs).max() < tol
 
 

@@ -144,7 +144,7 @@ def _openvino_runner(net: nn.Module, precision: str, threads: int | None, onnx_p
     compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
     # Without native bf16 the CPU plugin ignores the bf16 hint and runs f32: record what it runs.
     actual = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-    precision = "bf16" if "bf16" in actual else "fp32"
+    precision = "bf16" if ("bf16" in actual or "bfloat16" in actual) else "fp32"  # "<Type: 'bfloat16'>"
     if tmp is not None:
         tmp.cleanup()  # the compiled model holds its own copy of the weights
     request = compiled.create_infer_request()
