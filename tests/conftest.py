@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # not listed keeps its collection order, after the listed ones.
 LONG_MODULES: dict[str, float] = {
     "test_container": 900,
-    "test_preproc_ants": 850,  # + the staged-affine case on a simulated head (about 150 s)
+    "test_preproc_ants": 650,  # the staged-affine case on a simulated head; Colin27 moved to test_fidelity_real
     "test_fidelity_real": 700,
     "test_models_keras_import": 650,
     "test_synth": 400,

@@ -58,7 +58,9 @@ def colin_pair(tmp_path_factory):
     out = {}
     for kind, atrophy in (("ctrl", {}), ("atr", {"hippocampus": 0.45, "precuneus": 0.45})):
         case = make_case(base / f"{kind}.nii.gz", "colin27", seed=0, atrophy=atrophy)
-        maps = AntsBackend(nprocs=2).run(T1wUnit(case.path, {"sub": kind}), base / f"work-{kind}")
+        # the control head also gives the T1w in MNI space (SFCN's input) of a real head with its skull
+        maps = AntsBackend(nprocs=2, make_t1w_mni=kind == "ctrl").run(T1wUnit(case.path, {"sub": kind}),
+                                                                      base / f"work-{kind}")
         out[kind] = (case, maps)
     return out
 
@@ -92,3 +94,21 @@ def test_real_head_total_gm_and_qc(colin_pair):
         assert "mtl_gm_dice" in qc.metrics and qc.thresholds["mtl_t1_correlation"] > 0
         assert qc.metrics["mtl_t1_correlation"] >= qc.thresholds["mtl_t1_correlation"], (kind, qc.metrics)
         assert qc.passed, (kind, qc.flags, qc.metrics)
+
+
+@pytest.mark.slow
+def test_real_head_in_mni_space_is_stripped_and_placed(colin_pair):
+    """A real head with its skull (Colin27 on a scanner grid): the T1w in MNI space is skull-stripped and
+    placed by the affine alone, and the whole-brain registration checks hold. (This was a third Colin27
+    registration of its own in tests/test_preproc_ants.py; the control head here is the same anatomy.)"""
+    from bids_app.qc import compute_qc
+
+    from .test_preproc_ants import T1W_MNI_MIN_R_COLIN, T1W_MNI_SHIFT_MARGIN, _template_correlation
+
+    _, maps = colin_pair["ctrl"]
+    assert maps.t1w_mni is not None
+    r, shifted = _template_correlation(maps.t1w_mni)
+    assert r > T1W_MNI_MIN_R_COLIN and r - shifted > T1W_MNI_SHIFT_MARGIN["colin27"], (r, shifted)
+    qc = compute_qc(maps)
+    assert 450 < qc.metrics["total_gmv_ml"] < 1150, qc.metrics  # generous brain mask: docs/preprocessing.md
+    assert qc.metrics["registration_t1_correlation"] > 0.82, qc.metrics  # measured 0.883; QC flags below 0.8
