@@ -130,7 +130,7 @@ if [ "$SHIFT" = ants ]; then
     $PY scripts/demo_card_validation.py "$DEST" "$WORK/heldout/group_evaluation.tsv" --note "ANTs-made maps of 8 \
 simulated participants (seed 12) that neither the shift fit nor any training saw"
     cp "$WORK/heldout/group_evaluation.tsv" "$DEST/ants_heldout_evaluation.tsv"
-    # then `vbm-predict demo` (its 4 participants, seed 31, are held out from every step above) shows the
+    # then `vbm-predict demo` (its 4 participants, seed 37, are held out from every step above) shows the
     # same check on the demo's own ANTs-made maps
 fi
 echo "demo models written to $DEST"

@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from ..grid import SPM_AFFINE, SPM_SHAPE, to_grid
-from ..templates import TEMPLATE_PROVENANCE, template_priors_1mm, template_t1_1mm
+from ..templates import TEMPLATE_PROVENANCE, mtl_region, template_priors_1mm, template_t1_1mm
 
 __all__ = [
     "RAS_GRID_AFFINE",
@@ -23,6 +23,7 @@ __all__ = [
     "template_t1_1mm",
     "template_priors_1mm",
     "template_on_grid",
+    "mtl_on_grid",
 ]
 
 #: the SPM grid in RAS voxel order: voxel i along x of this grid is voxel 120 - i of SPM's
@@ -55,3 +56,12 @@ def template_on_grid() -> dict[str, np.ndarray]:
     for arr in out.values():
         arr.setflags(write=False)
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def mtl_on_grid() -> np.ndarray:
+    """The medial-temporal QC region (:func:`bids_app.templates.mtl_region`) on the RAS-ordered SPM
+    grid, read-only: computed once per process, not once per T1w."""
+    mask = mtl_region(SPM_SHAPE, RAS_GRID_AFFINE)
+    mask.setflags(write=False)
+    return mask

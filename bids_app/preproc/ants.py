@@ -57,9 +57,15 @@ import numpy as np
 from .._io import atomic_path, write_json
 from ..errors import BackendUnavailableError, PreprocessingError
 from ..grid import MNI1MM_AFFINE, MNI1MM_SHAPE, SPM_SHAPE, SPM_VOXEL_VOLUME_MM3
-from ..templates import mtl_region
 from ..types import GMMaps, T1wUnit
-from ._templates import RAS_GRID_AFFINE, TEMPLATE_PROVENANCE, ras_to_spm, template_on_grid, template_priors_1mm
+from ._templates import (
+    RAS_GRID_AFFINE,
+    TEMPLATE_PROVENANCE,
+    mtl_on_grid,
+    ras_to_spm,
+    template_on_grid,
+    template_priors_1mm,
+)
 from .inputs import load_t1w
 
 __all__ = ["AntsParams", "AntsBackend", "em_segment", "to_ants"]
@@ -489,7 +495,7 @@ class AntsBackend:
         # the same where the AD models look: a warp that aligned the brain but not the medial temporal
         # anatomy scores low here; unlike the GM overlap there, atrophy does not lower it (the warp
         # stretches the shrunken tissue back onto the template's, where the Jacobian records the loss)
-        mtl = mtl_region(SPM_SHAPE, RAS_GRID_AFFINE)
+        mtl = mtl_on_grid()
         mtl_t1_corr = float(np.corrcoef(warped_t1[mtl], grid["T1"][mtl])[0, 1])
         gmv_ml = float(gmv.sum(dtype=np.float64) * SPM_VOXEL_VOLUME_MM3 / 1000.0)
         arrays = {
