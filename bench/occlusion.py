@@ -2,6 +2,7 @@
 
     python bench/occlusion.py --network irv2_ad_optimised --positions 32 --naive-positions 4 --rounds 2
     python bench/occlusion.py --network irv2_ad_optimised --full-fold     # time one whole fold (fast only)
+    python bench/occlusion.py --network irv2_sex --flops                  # arithmetic per position only
 
 A full-size network with random weights (BatchNorm statistics randomised, output layer scaled so
 that occlusions move the score by 1e-3 .. 1e-1), the realistic model input of bench/inference.py
@@ -59,6 +60,49 @@ def uptime() -> str:
         return "n/a"
 
 
+class ConvFlops:
+    """Counts the multiply-adds of every ``F.conv3d`` call while active (eager modules and the fast
+    engine both call it), per layer shape: 2 x N x C_out x output voxels x C_in / groups x kernel
+    voxels. Padded taps count, so for the engine's zero-padded boxes this is the dense arithmetic,
+    an upper bound of what oneDNN executes."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._orig = torch.nn.functional.conv3d
+
+    def __enter__(self) -> ConvFlops:
+        orig = self._orig
+
+        def counted(x, w, *a, **k):  # type: ignore[no-untyped-def]
+            y = orig(x, w, *a, **k)
+            groups = k.get("groups", a[4] if len(a) > 4 else 1)
+            self.total += 2.0 * y.shape[0] * y[0].numel() * (x.shape[1] // groups) * w[0, 0].numel()
+            return y
+
+        torch.nn.functional.conv3d = counted
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.nn.functional.conv3d = self._orig
+
+
+def report_flops(net: torch.nn.Module, engine: OcclusionEngine, x: np.ndarray, fold: np.ndarray, batch: int) -> None:
+    """The arithmetic behind the speed figures: convolution GFLOP of a full forward pass and of the
+    fast engine per position (one batch spread over the fold), and the sustained rate that a
+    5-minute fold would need."""
+    with torch.no_grad(), ConvFlops() as full:
+        net(torch.as_tensor(x[None]))
+    pick = fold[np.linspace(0, len(fold) - 1, batch).round().astype(int)]
+    with ConvFlops() as fast:
+        engine.occluded_logits(pick)
+    per = fast.total / len(pick)
+    print(f"convolution arithmetic: full forward pass {full.total / 1e9:.1f} GFLOP; fast engine "
+          f"{per / 1e9:.2f} GFLOP per position ({full.total / per:.1f}x less; {len(pick)} positions spread "
+          "over the fold)")
+    print(f"per fold ({len(fold)} positions): {per * len(fold) / 1e12:.1f} TFLOP; a 5-minute fold needs "
+          f"{per * len(fold) / 300 / 1e9:.0f} GFLOP/s sustained")
+
+
 def make_network(name: str, seed: int, x: np.ndarray) -> torch.nn.Module:
     torch.manual_seed(seed)
     net = build_network(name).eval()
@@ -88,6 +132,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="fast engine: positions per batch")
     ap.add_argument("--full-fold", action="store_true", help="also run the fast engine over every position once")
+    ap.add_argument("--flops", action="store_true", help="print the convolution arithmetic per position and stop")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; {args.threads} threads; GPU: none lent to this task")
@@ -106,6 +151,9 @@ def main() -> None:
     base_fast = engine.set_input(x)
     t_setup = time.perf_counter() - t
     print(f"fast engine: unoccluded pass with cached activations {t_setup:.1f} s")
+    if args.flops:
+        report_flops(net, engine, x, fold, args.batch)
+        return
     sub = np.linspace(0, len(pick) - 1, min(args.naive_positions, len(pick))).round().astype(int)
     naive_pp, fast_pp, score_diff, map_diff = [], [], 0.0, 0.0
     for r in range(args.rounds):

@@ -45,6 +45,7 @@ __all__ = [
     "MULTICLASS_METRIC_NAMES",
     "REGRESSION_METRIC_NAMES",
     "binary_metrics",
+    "finite_or_none",
     "subsample_intervals",
     "multiclass_metrics",
     "multiclass_subsample_intervals",
@@ -52,6 +53,14 @@ __all__ = [
     "regression_subsample_intervals",
     "spearman",
 ]
+
+def finite_or_none(value: float) -> float | None:
+    """``value`` as a float, or None when it is NaN or infinite: JSON has no NaN (``json.dumps`` writes
+    a bare ``NaN`` that strict readers refuse), and an interval that cannot be computed, as for a
+    count, is absent, not a number."""
+    v = float(value)
+    return v if math.isfinite(v) else None
+
 
 #: the metrics that :func:`subsample_intervals` gives intervals for, in table order
 METRIC_NAMES: tuple[str, ...] = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc")

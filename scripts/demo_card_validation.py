@@ -15,12 +15,12 @@ Usage: python scripts/demo_card_validation.py DEMO_MODELS_DIR GROUP_EVALUATION_T
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from bids_app.metrics import finite_or_none
 from bids_app.models import find_packages, load_package
 from bids_app.models.package import save_package
 
@@ -55,8 +55,8 @@ def main() -> int:
                 lo, hi = float(getattr(r, f"{m}_ci_low")), float(getattr(r, f"{m}_ci_high"))
                 prefix = "ants_heldout_" if len(rows) == 1 else f"ants_heldout_{r.head}_"
                 metrics.append({
-                    "name": f"{prefix}{m}", "value": v if math.isfinite(v) else None,
-                    "ci_low": lo if math.isfinite(lo) else None, "ci_high": hi if math.isfinite(hi) else None,
+                    "name": f"{prefix}{m}", "value": finite_or_none(v),
+                    "ci_low": finite_or_none(lo), "ci_high": finite_or_none(hi),
                     "source": f"{args.note}: the app's group evaluation (derivatives backend reading the ANTs-made "
                               f"maps; n = {n}); far too few participants for a stable figure, a check that the "
                               "model reads ANTs-made maps, not an estimate of its accuracy",

@@ -20,7 +20,8 @@ unit's work directory so a killed job resumes where it stopped:
    machine runs slow), which is the price of the 3-minute target.
 5. ``seg``: a partial-volume Gaussian mixture with spatial priors (:func:`em_segment`, the tissue
    model of SPM's segment plus GM/CSF and GM/WM mixed classes) in native space, with the template GM / WM / CSF priors warped back to the subject,
-   inside the inverse-warped template brain mask. Atropos was the first choice; on this 2-core
+   inside the inverse-warped template brain mask, then again inside the subject's own brain
+   (:func:`refine_brain_mask`: GM + WM > 0.5, holes filled, one voxel added). Atropos was the first choice; on this 2-core
    machine it took minutes per 1 mm head, the vectorised EM takes seconds.
 6. GMD = the native GM posterior warped onto the SPM grid (linear); GMV = GMD x |det J| where J is
    the Jacobian of the template -> native map (affine part times the SyN field's determinant).
@@ -68,7 +69,7 @@ from ._templates import (
 )
 from .inputs import load_t1w
 
-__all__ = ["AntsParams", "AntsBackend", "em_segment", "to_ants"]
+__all__ = ["AntsParams", "AntsBackend", "em_segment", "refine_brain_mask", "to_ants"]
 
 _log = logging.getLogger("bids_app.preproc.ants")
 
@@ -109,6 +110,10 @@ class AntsParams:
     #: structure the registration did not shrink is not filled in by the template's GM)
     prior_power: float = 1.0
     brain_mask_dilation_mm: float = 4.0
+    #: brain extraction from the subject's own tissue (:func:`refine_brain_mask`): the mixture is fitted
+    #: once inside the warped template mask, then again inside GM + WM > 0.5 (largest component, holes
+    #: filled, one voxel added); False keeps the template mask (Colin27: total GM +10% instead of +3%)
+    refine_brain_mask: bool = True
     #: native / template volume ratio of step 3's affine outside which it restarts staged (a field,
     #: so that maps cached before the restart existed are not reused)
     affine_plausible_ratio: tuple[float, float] = PLAUSIBLE_AFFINE_VOLUME_RATIO
@@ -457,10 +462,18 @@ class AntsBackend:
             from scipy import ndimage
 
             mask = ndimage.binary_fill_holes(mask)
-            priors = np.stack([warped[n][mask] for n in ("GM", "WM", "CSF")])
-            if self.params.prior_power != 1.0:
-                priors = np.clip(priors, 0.0, None) ** self.params.prior_power
-            post = em_segment(native.numpy()[mask], priors, self.params.em_iterations, self.params.prior_floor)  # fractions
+            intensity = native.numpy()
+
+            def fit(inside: np.ndarray) -> np.ndarray:
+                priors = np.stack([warped[n][inside] for n in ("GM", "WM", "CSF")])
+                if self.params.prior_power != 1.0:
+                    priors = np.clip(priors, 0.0, None) ** self.params.prior_power
+                return em_segment(intensity[inside], priors, self.params.em_iterations, self.params.prior_floor)
+
+            post = fit(mask)  # fractions
+            if self.params.refine_brain_mask:
+                mask = refine_brain_mask(mask, post)
+                post = fit(mask)
             for k, name in enumerate(("GM", "WM", "CSF")):
                 vol = np.zeros(native.shape, np.float32)
                 vol[mask] = post[k]
@@ -549,6 +562,30 @@ def to_ants(img: nib.Nifti1Image) -> Any:
     header = img.header.copy()
     header.set_xyzt_units("mm", "sec")
     return ants.from_nibabel_nifti(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine, header))
+
+
+def refine_brain_mask(mask: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """The subject's brain from its own tissue fractions: GM + WM > 0.5 inside ``mask``, its largest
+    connected part with holes filled (ventricles), plus one voxel (the partial-volume GM at the pial
+    surface), within ``mask``.
+
+    Why. The template brain mask carried onto a head is generous where that head's brain is smaller
+    than the template's or the warp is off by a millimetre: on Colin27 it held 1942 ml against the
+    1773 ml of the head's own brain, and the dura, sinuses and CSF in that margin were fitted as
+    GM / CSF mixtures (about 80 ml of GM outside or at the edge of the true brain, +10% in all).
+    The mixture is refitted inside the refined mask, so the dark margin no longer pulls the class
+    means. ``fractions`` are :func:`em_segment`'s (GM, WM, CSF) inside ``mask``.
+    """
+    from scipy import ndimage
+
+    tissue = np.zeros(mask.shape, bool)
+    tissue[mask] = (fractions[0] + fractions[1]) > 0.5
+    labels, n = ndimage.label(tissue)
+    if n == 0:
+        return mask
+    brain = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+    brain = ndimage.binary_fill_holes(brain)
+    return ndimage.binary_dilation(brain) & mask
 
 
 #: tissue compositions (GM, WM, CSF fractions) of the mixture's classes: three pure tissues and

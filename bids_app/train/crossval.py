@@ -35,6 +35,7 @@ import torch
 from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import atomic_path, write_json
 from ..errors import InputDataError, ModelPackageError, UsageError
+from ..metrics import finite_or_none
 from ..types import DeviceName, WeightsDtype
 from .data import collect_cohort, load_inputs, maps_origin
 from .families import (
@@ -345,7 +346,7 @@ def make_card_v2(result: FamilyResult, *, name_prefix: str, version: str, origin
     """The schema-v2 card of a family's cross-validated task (issue-15 contract)."""
     metrics = [
         {"name": f"pooled_{r.metric}" if len(result.heads) == 1 else f"pooled_{r.head}_{r.metric}",
-         "value": float(r.value), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
+         "value": float(r.value), "ci_low": finite_or_none(r.ci_low), "ci_high": finite_or_none(r.ci_high),
          "source": f"leave-sites-out {n_folds}-fold cross-validation, out-of-fold predictions of sites never used "
                    f"for training or model selection (n = {int(r.n)}), 95% interval from half-size subsamples"}
         for r in result.pooled.itertuples() if math.isfinite(float(r.value))

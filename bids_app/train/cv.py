@@ -31,7 +31,7 @@ import torch
 from .. import RESEARCH_USE_NOTICE, __version__
 from .._io import atomic_path, write_json
 from ..errors import InputDataError, UsageError
-from ..metrics import METRIC_NAMES, binary_metrics, subsample_intervals
+from ..metrics import METRIC_NAMES, binary_metrics, finite_or_none, subsample_intervals
 from ..types import AD_ARCHITECTURES, TASK_CHOICES, ADArchitecture, DeviceName, TaskName, WeightsDtype
 from .data import collect_cohort, load_inputs, maps_origin
 from .folds import inner_validation_split, site_folds
@@ -217,7 +217,8 @@ def make_card(result: TaskResult, cfg: TrainConfig, *, origin: str, synthetic: b
 
     pos, neg = TASK_LABELS[result.task]
     metrics = [
-        {"name": f"pooled_{r.metric}", "value": float(r.value), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
+        {"name": f"pooled_{r.metric}", "value": float(r.value), "ci_low": finite_or_none(r.ci_low),
+         "ci_high": finite_or_none(r.ci_high),
          "source": f"leave-sites-out {cfg.folds}-fold cross-validation, out-of-fold predictions of sites never used "
                    f"for training or model selection (n = {int(r.n)}), 95% interval from 1000 half-size subsamples"}
         for r in result.pooled.itertuples() if not (isinstance(r.value, float) and math.isnan(r.value))
