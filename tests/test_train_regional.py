@@ -250,6 +250,10 @@ def test_ad_baseline_beats_chance_leaving_sites_out(aal) -> None:
     assert prov["region_map_sha256"] == hashlib.sha256(res.modules[0].labels.numpy().tobytes()).hexdigest()
     assert len(prov["regions"]) == aal.n_regions == 116
     assert {m["name"] for m in card["metrics"]} >= {"pooled_roc_auc", "pooled_balanced_accuracy"}
+    # standard JSON: an interval that cannot be computed is null, never NaN
+    import json
+
+    json.dumps(card, allow_nan=False)
 
 
 def test_train_regional_from_a_derivatives_directory(aal, tmp_path) -> None:
