@@ -58,11 +58,10 @@ def _params(overrides: dict):
 def _one(spec: dict) -> None:
     """Child process: one backend run plus the truth carried through its transforms."""
     import ants
-    import nibabel as nib
     import numpy as np
 
-    from bids_app.preproc._templates import RAS_GRID_AFFINE, ras_to_spm
-    from bids_app.preproc.ants import AntsBackend, to_ants
+    from bids_app.preproc._templates import ras_to_spm
+    from bids_app.preproc.ants import AntsBackend, native_to_grid
     from bids_app.qc import compute_qc
     from bids_app.types import T1wUnit
 
@@ -74,11 +73,7 @@ def _one(spec: dict) -> None:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     qc = compute_qc(maps)
     folder = work / f"ants-{params.key()}"
-    fixed = to_ants(nib.Nifti1Image(np.zeros((121, 145, 121), np.float32), RAS_GRID_AFFINE))
-    fwd = [str(folder / "syn" / "warp.nii.gz"), str(folder / "syn" / "affine.mat")]
-    true_gm = ants.image_read(spec["gm"])
-    warped_truth = ants.apply_transforms(fixed=fixed, moving=true_gm, transformlist=fwd, interpolator="linear")
-    truth_gmd = ras_to_spm(warped_truth.numpy())
+    truth_gmd = ras_to_spm(native_to_grid(spec["gm"], folder / "syn"))
     # native segmentation vs the true native structures (the reoriented grid holds the same voxels)
     seg = ants.image_read(str(folder / "seg" / "GM.nii.gz"))
     index = ants.apply_transforms(fixed=seg, moving=ants.image_read(spec["structures"]), transformlist=[],

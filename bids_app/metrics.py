@@ -54,6 +54,7 @@ __all__ = [
     "spearman",
 ]
 
+
 def finite_or_none(value: float) -> float | None:
     """``value`` as a float, or None when it is NaN or infinite: JSON has no NaN (``json.dumps`` writes
     a bare ``NaN`` that strict readers refuse), and an interval that cannot be computed, as for a
