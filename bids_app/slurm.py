@@ -55,7 +55,8 @@ class TaskFigures:
 
 
 #: ants: 1.6-2.2 min per 1 mm T1w on 2 threads (bench/preproc.py, Xeon), 2.0-2.1 min with the
-#: current defaults (AMD EPYC, 2026-12-03), 2.3-3.2 min in a slow phase, peak 2.45-2.56 GB; full-size model inference 25 s, 2.24 GB (bench/inference.py). clinica: Clinica's
+#: current defaults (AMD EPYC, 2026-12-03), 2.3-3.2 min in a slow phase, peak 2.45-2.56 GB;
+#: full-size model inference 25 s, 2.24 GB (bench/inference.py). clinica: Clinica's
 #: own estimate of ~10 min per image for SPM segmentation, one core (SPM standalone is single
 #: threaded); its memory is not measured here. derivatives: inference only.
 TASK_FIGURES: dict[str, TaskFigures] = {
