@@ -620,13 +620,13 @@ _COMPOSITIONS = np.array(
 
 
 def _compositions(k: int) -> np.ndarray:
-    """The classes' compositions for ``k`` = 3 tissues, or 4 with a pure non-brain class (no mixtures
-    with it: at the brain's edge its voxels are dura, vessels and bone, not a blend with cortex)."""
-    if k == 3:
-        return _COMPOSITIONS
-    comp = np.zeros((len(_COMPOSITIONS) + 1, 4))
-    comp[:-1, :3] = _COMPOSITIONS
-    comp[-1, 3] = 1.0
+    """The classes' compositions, pure classes first: for ``k`` = 3 tissues :data:`_COMPOSITIONS`; for 4
+    also a pure non-brain class (no mixtures with it: at the brain's edge its voxels are dura,
+    vessels and bone, not a blend with cortex)."""
+    mixtures = _COMPOSITIONS[3:]
+    comp = np.zeros((k + len(mixtures), k))
+    comp[:k] = np.eye(k)
+    comp[k:, :3] = mixtures
     return comp
 
 
@@ -665,7 +665,6 @@ def em_segment(intensity: np.ndarray, priors: np.ndarray, iterations: int = 20, 
     del pri, w
     post = np.empty_like(log_prior)
     sq = np.empty_like(x)
-    pure_rows = [int(np.flatnonzero((comp == np.eye(k)[t]).all(axis=1))[0]) for t in range(k)]
     for _ in range(max(iterations, 1)):
         mj, vj = comp @ mu, np.maximum(comp @ var, floor_var)
         for j in range(len(comp)):
@@ -677,7 +676,7 @@ def em_segment(intensity: np.ndarray, priors: np.ndarray, iterations: int = 20, 
         post -= post.max(axis=0, keepdims=True)
         np.exp(post, out=post)
         post /= post.sum(axis=0, keepdims=True)
-        pure = post[pure_rows]
+        pure = post[:k]
         ws = np.maximum(pure.sum(axis=1, dtype=np.float64), 1e-9)
         mu = (pure @ x).astype(np.float64) / ws
         var = np.array([(pure[j] * (x - np.float32(mu[j])) ** 2).sum(dtype=np.float64) / ws[j] for j in range(k)])
