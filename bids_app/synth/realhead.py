@@ -54,6 +54,7 @@ __all__ = [
     "Case",
     "base_head",
     "make_case",
+    "reference_margin_sensitivity",
     "structure_mask_spm",
     "true_gmd_spm",
 ]
@@ -116,7 +117,8 @@ def _pull(img: nib.spatialimages.SpatialImage, shape: tuple[int, ...], affine: n
     return ndimage.map_coordinates(data, coords, order=order, mode="constant", cval=0.0).reshape(shape)
 
 
-def _partial_volume_gm(t1: np.ndarray, brain: np.ndarray, ventricles: np.ndarray) -> tuple[np.ndarray, dict]:
+def _partial_volume_gm(t1: np.ndarray, brain: np.ndarray, ventricles: np.ndarray,
+                       levels: dict | None = None) -> tuple[np.ndarray, dict]:
     """GM fraction of a high-SNR T1 from its own intensities: a voxel between two tissue levels is a
     linear mixture of those two tissues. Returns (GM fraction, levels).
 
@@ -125,14 +127,20 @@ def _partial_volume_gm(t1: np.ndarray, brain: np.ndarray, ventricles: np.ndarray
     holds little pure CSF, so that class is a broad mixture of CSF and GM (on Colin27 its mean is 0.62
     of WM, SD 0.18, against 0.30 in the ventricles); taken as pure CSF it called every voxel up to 62%
     of WM GM-free and the reference lost about a quarter of the cortex's partial-volume GM.
+
+    ``levels`` (``{"CSF", "GM", "WM"}``) skips the estimation: the levels are the head's, so a
+    different mask over the same head keeps them.
     """
     from sklearn.mixture import GaussianMixture
 
     values = t1[brain].astype(np.float64)
-    sample = np.random.default_rng(0).choice(values, size=min(200_000, values.size), replace=False)
-    gmm = GaussianMixture(3, means_init=np.percentile(sample, (10, 50, 90))[:, None], random_state=0)
-    _, gm_mu, wm = np.sort(gmm.fit(sample[:, None]).means_.ravel())
-    csf = float(np.median(t1[ventricles & brain]))
+    if levels is not None:
+        csf, gm_mu, wm = levels["CSF"], levels["GM"], levels["WM"]
+    else:
+        sample = np.random.default_rng(0).choice(values, size=min(200_000, values.size), replace=False)
+        gmm = GaussianMixture(3, means_init=np.percentile(sample, (10, 50, 90))[:, None], random_state=0)
+        _, gm_mu, wm = np.sort(gmm.fit(sample[:, None]).means_.ravel())
+        csf = float(np.median(t1[ventricles & brain]))
     if not csf < gm_mu < wm:
         raise ValueError(f"tissue levels out of order: CSF {csf:.1f}, GM {gm_mu:.1f}, WM {wm:.1f}")
     frac = np.where(values <= gm_mu, (values - csf) / (gm_mu - csf), (wm - values) / (wm - gm_mu))
@@ -191,6 +199,52 @@ def base_head(name: BaseName) -> BaseHead:
     for arr in (t1, gm, labels):
         arr.setflags(write=False)
     return BaseHead(name=name, affine=np.asarray(affine, float), t1=t1, gm=gm, labels=labels, sources=sources)
+
+
+def reference_margin_sensitivity(name: BaseName, voxels: tuple[int, ...] = (-2, -1, 0, 1, 2)) -> dict[int, dict]:
+    """How much the reference's total GM depends on where its brain edge is drawn.
+
+    Why. Where the brain ends is a convention, not a measurement: at the edge, a voxel between the CSF
+    and GM intensities is partial-volume cortex or dura, and the T1 alone cannot say which. Colin27's
+    reference stops at ``ch2bet``; the MNI152 head's is a population probability that fades out
+    across the same margin. The total-GM error of a backend is only meaningful to within what moving
+    that edge by a voxel changes, which this measures on the base head's own 1 mm grid.
+
+    For each ``n`` in ``voxels`` the head's brain mask (``ch2bet`` for Colin27, the nonzero MNI152
+    brain for ``mni152``) is dilated (``n`` > 0) or eroded (``n`` < 0) by ``|n|`` voxels and the
+    partial-volume rule of the Colin27 reference (:func:`_partial_volume_gm`, with the tissue levels
+    of the unchanged mask) applied inside it. The MNI152 T1 is zero outside its brain, so there only
+    erosion moves anything.
+    Returns ``{n: {"brain_ml", "pv_gm_ml", "reference_gm_in_mask_ml"}}``; the last is the shipped
+    reference (MNI152: the probability map) summed inside the mask, for comparison with the rule.
+    """
+    from ..templates import mni152_t1
+
+    if name == "colin27":
+        img = _load(MRICRON_DIR / "ch2.nii.gz")
+        brain0 = ndimage.binary_fill_holes(np.asarray(_load(MRICRON_DIR / "ch2bet.nii.gz").dataobj) > 0)
+    elif name == "mni152":
+        img = mni152_t1()
+        brain0 = ndimage.binary_fill_holes(np.asarray(img.dataobj) > 0)
+    else:
+        raise ValueError(f"unknown base head {name!r}; choose from {BASE_HEADS}")
+    t1 = np.asarray(img.dataobj, dtype=np.float32)
+    ventricles = _ventricles(brain0, img.affine)
+    voxel_ml = abs(float(np.linalg.det(img.affine[:3, :3]))) / 1000.0
+    reference = np.asarray(base_head(name).gm, dtype=np.float64)
+    _, levels = _partial_volume_gm(t1, brain0, ventricles)
+    out: dict[int, dict] = {}
+    for n in voxels:
+        if n > 0:
+            brain = ndimage.binary_dilation(brain0, iterations=n)
+        elif n < 0:
+            brain = ndimage.binary_erosion(brain0, iterations=-n)
+        else:
+            brain = brain0
+        pv, _ = _partial_volume_gm(t1, brain, ventricles, levels)
+        out[n] = {"brain_ml": float(brain.sum()) * voxel_ml, "pv_gm_ml": float(pv.sum(dtype=np.float64)) * voxel_ml,
+                  "reference_gm_in_mask_ml": float(reference[brain].sum()) * voxel_ml}
+    return out
 
 
 def structure_mask_spm(name: BaseName, structure: str) -> np.ndarray:
